@@ -1,0 +1,252 @@
+"""Diffusion actor: a diffusers pipeline that runs rows in batches of one step count.
+
+``DiffusionCore`` is plain Python (no Ray): load once, then ``run(rows)`` groups the rows it is given by
+step count, generates each group in batches of at most ``batch_size`` and returns PNG bytes per row.
+``DiffusionActor`` is the thin callable class Ray Data's ``map_batches`` holds in an actor pool.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+import uuid
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Hashable, Sequence
+
+import numpy as np
+
+SCHEDULERS = {
+    "ddim": "DDIMScheduler",
+    "euler": "EulerDiscreteScheduler",
+    "dpm++": "DPMSolverMultistepScheduler",
+}
+# diffusers/transformers classes a model folder may name; anything else is refused at load.
+KNOWN_COMPONENTS = {
+    "unet": {"UNet2DConditionModel"},
+    "vae": {"AutoencoderKL", "AutoencoderTiny"},
+    "text_encoder": {"CLIPTextModel", "BertModel", "CLIPTextModelWithProjection"},
+    "tokenizer": {"CLIPTokenizer", "CLIPTokenizerFast", "BertTokenizer", "BertTokenizerFast", "PreTrainedTokenizerFast"},
+    "scheduler": set(SCHEDULERS.values()) | {"PNDMScheduler", "DDPMScheduler", "LMSDiscreteScheduler"},
+    "safety_checker": {None},
+    "feature_extractor": {None},
+    "image_encoder": {None},
+}
+
+
+class ModelLoadError(RuntimeError):
+    """A model folder that is missing files or names unknown components."""
+
+
+# 1. Pure helpers ----------------------------------------------------------------------------------------
+
+
+def plan_batches(keys: Sequence[Hashable], batch_size: int) -> list[list[int]]:
+    """Indices grouped by key (first-seen order), each group cut into batches of at most ``batch_size``.
+
+    Every batch holds a single key, so a batch never runs more steps than its rows need.
+    """
+    groups: dict[Hashable, list[int]] = defaultdict(list)
+    for i, k in enumerate(keys):
+        groups[k].append(i)
+    return [idx[s : s + batch_size] for idx in groups.values() for s in range(0, len(idx), batch_size)]
+
+
+def encode_png(image: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG", optimize=False)
+    return buf.getvalue()
+
+
+def check_model_dir(path: str | Path, allow_unsafe: bool = False) -> dict[str, Any]:
+    """Validate a diffusers folder before loading: model_index.json, known classes, weights present.
+
+    Returns the parsed model_index. Pickle weights (.bin/.pt/.ckpt) are refused unless ``allow_unsafe``.
+    """
+    root = Path(path)
+    if not root.is_dir():
+        raise ModelLoadError(f"model folder not found: {root}")
+    index_file = root / "model_index.json"
+    if not index_file.is_file():
+        raise ModelLoadError(f"{root}: no model_index.json (not a diffusers pipeline folder)")
+    try:
+        index = json.loads(index_file.read_text())
+    except json.JSONDecodeError as e:
+        raise ModelLoadError(f"{index_file}: invalid JSON ({e.msg})") from None
+    for name, spec in index.items():
+        if name.startswith("_") or not isinstance(spec, list):
+            continue  # private keys and plain config flags (save_pretrained writes requires_safety_checker: false)
+        cls = spec[1] if isinstance(spec, list) and len(spec) == 2 else None
+        if name not in KNOWN_COMPONENTS:
+            raise ModelLoadError(f"{root}: unknown component '{name}' in model_index.json")
+        if cls not in KNOWN_COMPONENTS[name]:
+            raise ModelLoadError(f"{root}: component '{name}' has unsupported class {cls!r}")
+        if cls is None:
+            continue
+        sub = root / name
+        if not sub.is_dir():
+            raise ModelLoadError(f"{root}: component '{name}' is listed but folder {name}/ is missing")
+        if name in ("unet", "vae", "text_encoder"):
+            if not (sub / "config.json").is_file():
+                raise ModelLoadError(f"{root}: {name}/config.json is missing")
+            if not list(sub.glob("*.safetensors")):
+                pickles = [p.name for p in sub.iterdir() if p.suffix in (".bin", ".pt", ".ckpt", ".pth")]
+                if pickles and not allow_unsafe:
+                    raise ModelLoadError(
+                        f"{root}: {name}/ has only pickle weights ({pickles[0]}); safetensors required "
+                        "(allow_unsafe to override for trusted folders)"
+                    )
+                if not pickles:
+                    raise ModelLoadError(f"{root}: {name}/ has no weights (*.safetensors)")
+    return index
+
+
+def model_defaults(path: str | Path) -> dict[str, Any]:
+    """Optional per-model defaults (e.g. guidance_scale) from ``dynagen.json`` beside model_index.json."""
+    f = Path(path) / "dynagen.json"
+    return json.loads(f.read_text()) if f.is_file() else {}
+
+
+def load_pipeline(path: str | Path, scheduler: str = "ddim", device: str = "cpu", allow_unsafe: bool = False):
+    """Load a diffusers text-to-image pipeline from a local folder, offline, with the chosen scheduler."""
+    import diffusers
+
+    if scheduler not in SCHEDULERS:
+        raise ModelLoadError(f"unknown scheduler '{scheduler}' (choose from {', '.join(SCHEDULERS)})")
+    check_model_dir(path, allow_unsafe=allow_unsafe)
+    try:
+        pipe = diffusers.DiffusionPipeline.from_pretrained(
+            str(path), local_files_only=True, use_safetensors=not allow_unsafe, safety_checker=None
+        )
+    except Exception as e:  # diffusers raises many types; the user needs one line naming the folder
+        raise ModelLoadError(f"{path}: failed to load pipeline: {type(e).__name__}: {str(e).splitlines()[0]}") from None
+    sched_cls = getattr(diffusers, SCHEDULERS[scheduler])
+    extra = {"algorithm_type": "dpmsolver++"} if scheduler == "dpm++" else {}
+    pipe.scheduler = sched_cls.from_config(pipe.scheduler.config, **extra)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
+
+
+class UNetCounter:
+    """Counts UNet evaluations per sample (a CFG batch of 2×B counts 2×B) via a forward hook."""
+
+    def __init__(self, unet):
+        self.evals = 0
+        unet.register_forward_hook(self._hook)
+
+    def _hook(self, module, args, output):
+        self.evals += int(args[0].shape[0])
+
+
+# 2. The core ----------------------------------------------------------------------------------------------
+
+
+class DiffusionCore:
+    """Holds one pipeline; generates rows grouped into single-step-count batches."""
+
+    def __init__(
+        self,
+        model: str,
+        scheduler: str = "ddim",
+        guidance_scale: float | None = None,
+        batch_size: int = 8,
+        device: str | None = None,
+        num_threads: int | None = None,
+        allow_unsafe: bool = False,
+    ):
+        import torch
+
+        if num_threads:
+            # Ray gives an actor OMP_NUM_THREADS=1; use the CPUs the actor actually reserved.
+            torch.set_num_threads(num_threads)
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.model = str(model)
+        self.scheduler = scheduler
+        self.pipe = load_pipeline(model, scheduler, self.device, allow_unsafe=allow_unsafe)
+        self.guidance_scale = (
+            guidance_scale if guidance_scale is not None else float(model_defaults(model).get("guidance_scale", 7.5))
+        )
+        self.batch_size = batch_size
+        self.counter = UNetCounter(self.pipe.unet)
+        self.batches_run = 0
+        self._tag = uuid.uuid4().hex[:8]
+        size = self.pipe.unet.config.sample_size * self.pipe.vae_scale_factor
+        self.height = self.width = int(size)
+
+    def generate(
+        self, prompts: list[str], seeds: list[int], steps: int, negative_prompts: list[str] | None = None
+    ) -> np.ndarray:
+        """One batch at one step count → uint8 array (B, H, W, 3). Same seed ⇒ same image at any batch size."""
+        import torch
+
+        gens = [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds]
+        neg = negative_prompts if negative_prompts and any(negative_prompts) else None
+        with torch.inference_mode():
+            out = self.pipe(
+                prompt=list(prompts),
+                negative_prompt=neg,
+                num_inference_steps=int(steps),
+                guidance_scale=self.guidance_scale,
+                generator=gens,
+                height=self.height,
+                width=self.width,
+                output_type="np",
+            ).images
+        self.batches_run += 1
+        return (np.clip(out, 0, 1) * 255).round().astype(np.uint8)
+
+    def run(self, rows: dict[str, list]) -> dict[str, list]:
+        """Generate every row with status 'ok'; rows already failed pass through untouched.
+
+        ``rows`` has columns id, prompt, negative_prompt, seed, steps, status, error. Adds image (PNG bytes),
+        width, height, batch_id, batch_size, latency_ms, unet_evals (measured per row), model, scheduler.
+        """
+        n = len(rows["id"])
+        out = {k: list(v) for k, v in rows.items()}
+        out.update(
+            image=[b""] * n, width=[self.width] * n, height=[self.height] * n, batch_id=[""] * n,
+            batch_size=[0] * n, latency_ms=[0.0] * n, unet_evals=[0] * n, model=[self.model] * n, scheduler=[self.scheduler] * n,
+        )
+        todo = [i for i in range(n) if out["status"][i] == "ok"]
+        for batch in plan_batches([int(out["steps"][i]) for i in todo], self.batch_size):
+            idx = [todo[j] for j in batch]
+            steps = int(out["steps"][idx[0]])
+            batch_id = f"{self._tag}-{self.batches_run:06d}"
+            t0, evals0 = time.perf_counter(), self.counter.evals
+            try:
+                images = self.generate(
+                    [out["prompt"][i] for i in idx],
+                    [int(out["seed"][i]) for i in idx],
+                    steps,
+                    [out["negative_prompt"][i] or "" for i in idx],
+                )
+            except Exception as e:  # record per row; the other batches still run
+                msg = f"generation failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                for i in idx:
+                    out["status"][i], out["error"][i] = "failed", msg[:500]
+                continue
+            ms = (time.perf_counter() - t0) * 1000
+            per_row_evals = (self.counter.evals - evals0) // len(idx)
+            for img, i in zip(images, idx):
+                out["image"][i] = encode_png(img)
+                out["batch_id"][i], out["batch_size"][i], out["latency_ms"][i] = batch_id, len(idx), ms
+                out["unet_evals"][i] = per_row_evals
+        return out
+
+
+# 3. The Ray Data wrapper ----------------------------------------------------------------------------------
+
+
+class DiffusionActor:
+    """Callable class for ``map_batches``: resources and pool size are set where the stage is wired."""
+
+    def __init__(self, **core_kwargs):
+        self.core = DiffusionCore(**core_kwargs)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        rows = {k: v.tolist() for k, v in batch.items()}
+        out = self.core.run(rows)
+        return {k: np.asarray(v, dtype=object) if k in ("image",) else np.asarray(v) for k, v in out.items()}

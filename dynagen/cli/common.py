@@ -1,0 +1,37 @@
+"""Helpers every command uses: one error path, settings from --config + env + flags."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, Mapping, NoReturn
+
+import typer
+
+
+def exit_with_error(message: str, code: int = 2) -> NoReturn:
+    """Print one line to stderr and exit non-zero (no traceback for user mistakes)."""
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def load(config: str | None, overrides: Mapping[str, Any] | None = None):
+    """Settings or a one-line error."""
+    from dynagen.settings import SettingsError, load_settings
+
+    try:
+        return load_settings(config, overrides)
+    except SettingsError as e:
+        exit_with_error(str(e))
+
+
+def quiet_libraries() -> None:
+    """Keep the terminal for our progress: offline hub, fewer library warnings."""
+    import os
+    import warnings
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    if not sys.stderr.isatty():
+        os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")

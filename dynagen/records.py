@@ -1,0 +1,72 @@
+"""Typed records that cross boundaries: one prompt row, one generated image's metadata, one run summary."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+# Object keys are built from ids, so ids are restricted to a safe alphabet (no '/', no '..', no '%').
+ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+MAX_SEED = 2**32 - 1
+MAX_STEPS = 1000
+
+# Columns every stage passes along (the normalized prompt row).
+ROW_COLUMNS = ("id", "prompt", "negative_prompt", "seed", "steps", "status", "error")
+
+METADATA_COLUMNS = (
+    "id", "prompt", "negative_prompt", "seed", "steps", "predicted_steps", "model", "scheduler", "width", "height",
+    "batch_id", "batch_size", "image_uri", "status", "error", "latency_ms", "unet_evals", "source", "run_id", "created_at",
+)
+
+
+def metadata_schema():
+    import pyarrow as pa
+
+    s, i = pa.string(), pa.int64()
+    types = dict(
+        id=s, prompt=s, negative_prompt=s, seed=i, steps=i, predicted_steps=i, model=s, scheduler=s, width=i,
+        height=i, batch_id=s, batch_size=i, image_uri=s, status=s, error=s, latency_ms=pa.float64(),
+        unet_evals=i, source=s, run_id=s, created_at=pa.timestamp("us", tz="UTC"),
+    )
+    return pa.schema([(c, types[c]) for c in METADATA_COLUMNS])
+
+
+def content_id(*parts: Any) -> str:
+    """A stable id from a row's content: reruns and re-reads of the same row get the same id."""
+    h = hashlib.sha256("\x1f".join("" if p is None else str(p) for p in parts).encode("utf-8", "surrogatepass"))
+    return h.hexdigest()[:20]
+
+
+def seed_from_id(row_id: str) -> int:
+    return int.from_bytes(hashlib.sha256(row_id.encode()).digest()[:4], "big")
+
+
+@dataclass
+class RunSummary:
+    """What ``DEST/runs/<run_id>.json`` holds."""
+
+    run_id: str
+    source: str
+    dest: str
+    started_at: str
+    finished_at: str = ""
+    wall_s: float = 0.0
+    ok: int = 0
+    failed: int = 0
+    skipped: int = 0  # already done by an earlier run (resume)
+    duplicates: int = 0  # repeated ids in the input, generated once
+    images_per_s: float = 0.0
+    denoising_steps: int = 0  # Σ steps over generated rows
+    unet_evals: int = 0  # measured UNet sample-evaluations (×2 with classifier-free guidance)
+    batches: int = 0
+    mean_batch_fill: float = 0.0
+    steps_histogram: dict[str, int] = field(default_factory=dict)
+    predicted_steps_histogram: dict[str, int] = field(default_factory=dict)
+    failure_reasons: dict[str, int] = field(default_factory=dict)
+    bad_shards: list[dict[str, str]] = field(default_factory=list)
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

@@ -1,0 +1,190 @@
+"""One settings schema for the CLI, jobs and Serve.
+
+Layers, lowest first: field defaults < YAML file (``--config``) < ``DYNAGEN_*`` env vars < CLI flags.
+Env names are the dotted key upper-cased with ``__`` between sections: ``DYNAGEN_IMAGES__BATCH_SIZE=16``.
+``load_settings`` returns the validated model plus where each value came from (for ``dynagen config show``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+ENV_PREFIX = "DYNAGEN_"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+Scheduler = Literal["ddim", "euler", "dpm++"]
+
+
+class SettingsError(ValueError):
+    """A bad settings file, env var or flag; the message is one line naming the key."""
+
+
+class _Section(BaseModel):
+    # Unknown keys are typos until proven otherwise.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class StorageSettings(_Section):
+    endpoint_url: str | None = Field(
+        None, description="S3 endpoint for non-AWS stores (SeaweedFS, MinIO). Falls back to AWS_ENDPOINT_URL."
+    )
+    region: str = Field("us-east-1", description="S3 region.")
+    access_key_id: SecretStr | None = Field(
+        None, description="S3 access key. Prefer the standard AWS env vars or profile; never printed."
+    )
+    secret_access_key: SecretStr | None = Field(None, description="S3 secret key; never printed.")
+    connect_timeout_s: float = Field(5.0, gt=0, description="Seconds to wait for a TCP connection to S3.")
+    max_attempts: int = Field(5, ge=1, description="Attempts per S3 request (botocore 'standard' retries, backoff).")
+
+
+class RaySettings(_Section):
+    address: str | None = Field(
+        None, description="Ray cluster to join ('auto', 'ray://host:10001'); unset = start an embedded local Ray."
+    )
+    num_cpus: int | None = Field(None, ge=1, description="CPUs for an embedded local Ray (default: all).")
+
+
+class ImageSettings(_Section):
+    model: str = Field(str(REPO_ROOT / "models" / "tiny-sd"), description="diffusers pipeline folder.")
+    stepsaver: str = Field(str(REPO_ROOT / "models" / "stepsaver"), description="StepSaver predictor folder.")
+    steps: Literal["auto"] | int = Field(
+        "auto", description="'auto' = StepSaver predicts per prompt; an int fixes the step count for every prompt."
+    )
+    scheduler: Scheduler = Field("ddim", description="Sampler: ddim, euler or dpm++.")
+    guidance_scale: float | None = Field(
+        None, ge=0, description="Classifier-free guidance; unset = the model folder's default (dynagen.json) or 7.5."
+    )
+    batch_size: int = Field(8, ge=1, le=1024, description="Images per diffusion batch (all of one step count).")
+    group_window: int = Field(
+        256, ge=1, description="Rows a diffusion actor groups by step count at once; larger = fuller batches."
+    )
+    max_prompt_chars: int = Field(4000, ge=1, description="Longer prompts fail their row (recorded, not generated).")
+    limit: int | None = Field(None, ge=1, description="Read at most this many prompts.")
+    actors_min: int = Field(1, ge=1, description="Diffusion actor pool: minimum size.")
+    actors_max: int = Field(1, ge=1, description="Diffusion actor pool: maximum size (autoscales up to it).")
+    cpus_per_actor: float = Field(1.0, gt=0, description="CPUs reserved per diffusion actor (sets torch threads).")
+    gpus_per_actor: float = Field(0.0, ge=0, description="GPUs per diffusion actor (0 = CPU).")
+    skip_bad_shards: bool = Field(False, description="Skip unreadable shards (recorded) instead of stopping the run.")
+
+    @field_validator("steps", mode="before")
+    @classmethod
+    def _steps(cls, v: Any) -> Any:
+        if isinstance(v, str) and v.strip().isdigit():
+            v = int(v)
+        if isinstance(v, int) and not 1 <= v <= 1000:
+            raise ValueError("steps must be 'auto' or an integer in 1..1000")
+        return v
+
+
+class Settings(_Section):
+    storage: StorageSettings = StorageSettings()
+    ray: RaySettings = RaySettings()
+    images: ImageSettings = ImageSettings()
+
+
+SECRET_KEYS = {"storage.access_key_id", "storage.secret_access_key"}
+
+
+def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _set(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    for p in parents:
+        tree = tree.setdefault(p, {})
+        if not isinstance(tree, dict):
+            raise SettingsError(f"setting '{dotted}': '{p}' is not a section")
+    tree[leaf] = value
+
+
+def _known_keys() -> set[str]:
+    return set(_flatten(Settings().model_dump()))
+
+
+def load_settings(
+    config_file: str | Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    env: Mapping[str, str] | None = None,
+) -> tuple[Settings, dict[str, str]]:
+    """Build Settings from file + env + flags (``overrides`` uses dotted keys, None values ignored).
+
+    Returns (settings, sources) where sources maps each dotted key to 'default', 'file', 'env' or 'flag'.
+    Raises SettingsError with a one-line message naming the bad key or file.
+    """
+    env = os.environ if env is None else env
+    known = _known_keys()
+    tree: dict[str, Any] = {}
+    sources = {k: "default" for k in known}
+
+    if config_file is not None:
+        path = Path(config_file)
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except FileNotFoundError:
+            raise SettingsError(f"config file not found: {path}") from None
+        except yaml.YAMLError as e:
+            raise SettingsError(f"config file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+        if not isinstance(data, dict):
+            raise SettingsError(f"config file {path} must be a mapping of sections, got {type(data).__name__}")
+        for key, value in _flatten(data).items():
+            if key not in known:
+                raise SettingsError(f"config file {path}: unknown setting '{key}'")
+            _set(tree, key, value)
+            sources[key] = "file"
+
+    for name, raw in env.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        key = name[len(ENV_PREFIX) :].lower().replace("__", ".")
+        if key not in known:
+            raise SettingsError(f"env var {name}: unknown setting '{key}'")
+        # YAML scalars so that "16", "true" and "null" mean what they look like.
+        _set(tree, key, yaml.safe_load(raw) if raw != "" else None)
+        sources[key] = "env"
+
+    for key, value in (overrides or {}).items():
+        if value is None:
+            continue
+        if key not in known:
+            raise SettingsError(f"unknown setting '{key}'")
+        _set(tree, key, value)
+        sources[key] = "flag"
+
+    try:
+        settings = Settings.model_validate(tree)
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = ".".join(str(p) for p in err["loc"])
+        raise SettingsError(f"setting '{where}' ({sources.get(where, 'default')}): {err['msg']}") from None
+    return settings, sources
+
+
+def settings_from_json(payload: str) -> Settings:
+    """Re-validate settings a job received from the CLI (secrets travel via env, not in the payload)."""
+    try:
+        return Settings.model_validate_json(payload)
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise SettingsError(f"setting '{'.'.join(map(str, err['loc']))}': {err['msg']}") from None
+
+
+def describe(settings: Settings, sources: Mapping[str, str]) -> list[tuple[str, str, str]]:
+    """(key, value, source) rows with secrets masked, for ``dynagen config show``."""
+    rows = []
+    for key, value in sorted(_flatten(settings.model_dump()).items()):
+        if key in SECRET_KEYS and value is not None:
+            value = "********"
+        rows.append((key, "" if value is None else str(value), sources.get(key, "default")))
+    return rows

@@ -1,0 +1,61 @@
+"""Entry for the image job: called by ``dynagen run images`` and, on a cluster, as a Ray Jobs entrypoint.
+
+    python -m jobs.run_images --settings-json '{...}' --prompts SRC --out DEST
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from dynagen.settings import Settings
+
+
+def run_and_report(settings: Settings, src: str, dest: str, run_id: str | None = None) -> int:
+    """Run the pipeline, print a summary; returns the exit code (0 ok, 1 run failed, 2 could not start)."""
+    from rich.console import Console
+
+    from dynagen.sources import ShardError
+    from dynagen.storage import StorageError
+    from pipelines.images import RunError, run
+
+    console = Console(stderr=True)
+    try:
+        s = run(settings, src, dest, run_id=run_id)
+    except (RunError, ShardError, StorageError) as e:
+        console.print(f"[red]error:[/red] {e}", highlight=False)
+        return 2
+    console.print(
+        f"run {s.run_id}: [green]{s.ok} ok[/green], [red]{s.failed} failed[/red], {s.skipped} skipped (done earlier), "
+        f"{s.duplicates} duplicate ids · {s.wall_s:.1f}s · {s.images_per_s:.2f} images/s · "
+        f"{s.unet_evals} UNet evals · batch fill {100 * s.mean_batch_fill:.0f}%",
+        highlight=False,
+    )
+    if s.failure_reasons:
+        console.print("failures: " + "; ".join(f"{k} ×{v}" for k, v in s.failure_reasons.items()), highlight=False)
+    for b in s.bad_shards:
+        console.print(f"skipped shard {b['shard']}: {b['error']}", highlight=False)
+    console.print(f"summary: {dest.rstrip('/')}/runs/{s.run_id}.json  report: {dest.rstrip('/')}/runs/{s.run_id}.html",
+                  highlight=False)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from dynagen.settings import SettingsError, settings_from_json
+
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--settings-json", default="{}")
+    p.add_argument("--prompts", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--run-id")
+    a = p.parse_args(argv)
+    try:
+        settings = settings_from_json(a.settings_json)  # validated again on the job's side
+    except SettingsError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return run_and_report(settings, a.prompts, a.out, a.run_id)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

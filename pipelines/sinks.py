@@ -1,0 +1,193 @@
+"""Ray Data sinks: all of the image job's writes happen here (actors only return data).
+
+Per block: PNGs first (``images/<id>.png``), then one metadata Parquet whose name is derived from the block's
+ids, so a retried write task overwrites its own file instead of adding duplicate rows. A metadata row
+therefore never exists without its image. ``on_write_complete`` (on the driver) writes the run summary JSON
+and the HTML report from the small stats each write task returns.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import time
+from collections import Counter
+from datetime import datetime, timezone
+from typing import Any, Iterable
+
+from ray.data import Datasink
+
+from dynagen.records import METADATA_COLUMNS, RunSummary, metadata_schema
+from dynagen.storage import Storage
+
+THUMBS_PER_STEP = 6  # contact-sheet samples each write task keeps per step count
+THUMB_PX = 96
+
+
+def _thumb(png: bytes) -> bytes:
+    from PIL import Image
+
+    img = Image.open(io.BytesIO(png))
+    img.thumbnail((THUMB_PX, THUMB_PX))
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def metadata_table(rows: dict[str, list], image_uris: list[str | None], run_id: str):
+    """Column lists from the diffusion stage → the metadata Arrow table (no image bytes)."""
+    import pyarrow as pa
+
+    n = len(rows["id"])
+    now = datetime.now(timezone.utc)
+    cols: dict[str, list] = {}
+    for c in METADATA_COLUMNS:
+        if c == "image_uri":
+            cols[c] = image_uris
+        elif c == "run_id":
+            cols[c] = [run_id] * n
+        elif c == "created_at":
+            cols[c] = [now] * n
+        elif c == "predicted_steps":
+            cols[c] = [int(v) if v else None for v in rows.get(c, [0] * n)]
+        elif c == "error":
+            cols[c] = [v or None for v in rows[c]]
+        else:
+            cols[c] = rows.get(c, [None] * n)
+    return pa.Table.from_pydict(cols, schema=metadata_schema())
+
+
+def block_stats(rows: dict[str, list]) -> dict[str, Any]:
+    """Small per-block statistics the driver aggregates into the run summary."""
+    ok = [i for i, s in enumerate(rows["status"]) if s == "ok"]
+    stats = {
+        "ok": len(ok),
+        "failed": len(rows["status"]) - len(ok),
+        "denoising_steps": sum(int(rows["steps"][i]) for i in ok),
+        "unet_evals": sum(int(rows["unet_evals"][i]) for i in ok),
+        "steps_histogram": Counter(str(int(rows["steps"][i])) for i in ok),
+        "predicted_steps_histogram": Counter(str(int(v)) for v in rows.get("predicted_steps", []) if v),
+        "failure_reasons": Counter((e or "").split(";")[0][:80] for s, e in zip(rows["status"], rows["error"]) if s != "ok"),
+        "batches": {rows["batch_id"][i]: int(rows["batch_size"][i]) for i in ok},
+        "thumbs": {},
+    }
+    for i in ok:
+        bucket = stats["thumbs"].setdefault(str(int(rows["steps"][i])), [])
+        if len(bucket) < THUMBS_PER_STEP:
+            bucket.append((rows["id"][i], rows["prompt"][i][:120], _thumb(rows["image"][i])))
+    return stats
+
+
+class ImageSink(Datasink):
+    """Writes images + metadata to a Storage root; the driver side writes ``runs/<run_id>.{json,html}``."""
+
+    def __init__(self, storage: Storage, summary: RunSummary, batch_size: int, ledger=None):
+        self.storage = storage
+        self.summary = summary
+        self.batch_size = batch_size
+        self.ledger = ledger
+        self._t0 = time.time()
+
+    # -- on the driver ----------------------------------------------------------------------------------
+    def on_write_complete(self, write_result) -> None:
+        self.finish(write_result.write_returns)
+
+    def finish(self, returns: Iterable[dict[str, Any]]) -> RunSummary:
+        """Aggregate write-task stats, write the summary JSON and the HTML report; return the summary."""
+        from pipelines.report import render_report
+
+        s = self.summary
+        hist, phist, reasons, batches, thumbs = Counter(), Counter(), Counter(), {}, {}
+        for r in returns:
+            s.ok += r["ok"]
+            s.failed += r["failed"]
+            s.denoising_steps += r["denoising_steps"]
+            s.unet_evals += r["unet_evals"]
+            hist.update(r["steps_histogram"])
+            phist.update(r["predicted_steps_histogram"])
+            reasons.update(r["failure_reasons"])
+            batches.update(r["batches"])
+            for k, v in r["thumbs"].items():
+                thumbs.setdefault(k, []).extend(v[: THUMBS_PER_STEP - len(thumbs.get(k, []))])
+        if self.ledger is not None:
+            import ray
+
+            st = ray.get(self.ledger.stats.remote())
+            s.skipped, s.duplicates = st["done"], st["duplicate"]
+        s.wall_s = round(time.time() - self._t0, 3)
+        s.finished_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        s.images_per_s = round(s.ok / s.wall_s, 3) if s.wall_s > 0 else 0.0
+        s.batches = len(batches)
+        s.mean_batch_fill = round(sum(batches.values()) / (len(batches) * self.batch_size), 4) if batches else 0.0
+        key = lambda kv: int(kv[0])  # noqa: E731
+        s.steps_histogram = dict(sorted(hist.items(), key=key))
+        s.predicted_steps_histogram = dict(sorted(phist.items(), key=key))
+        s.failure_reasons = dict(reasons.most_common(20))
+        self.storage.put_bytes(f"runs/{s.run_id}.json", json.dumps(s.to_dict(), indent=2).encode(), "application/json")
+        html = render_report(s, dict(sorted(thumbs.items(), key=key)))
+        self.storage.put_bytes(f"runs/{s.run_id}.html", html.encode(), "text/html")
+        return s
+
+    # -- in write tasks ---------------------------------------------------------------------------------
+    def write(self, blocks: Iterable, ctx) -> dict[str, Any]:
+        from ray.data.block import BlockAccessor
+
+        total: dict[str, Any] | None = None
+        for block in blocks:
+            table = BlockAccessor.for_block(block).to_arrow()
+            if table.num_rows == 0:
+                continue
+            rows = table.to_pydict()
+            stats = self.write_rows(rows)
+            total = stats if total is None else _merge(total, stats)
+        return total or block_stats({"status": [], "error": [], "steps": [], "unet_evals": [], "batch_id": [],
+                                     "batch_size": [], "id": [], "prompt": [], "image": []})
+
+    def write_rows(self, rows: dict[str, list]) -> dict[str, Any]:
+        uris: list[str | None] = []
+        for rid, status, png in zip(rows["id"], rows["status"], rows["image"]):
+            uris.append(self.storage.put_bytes(f"images/{rid}.png", png, "image/png") if status == "ok" else None)
+        table = metadata_table(rows, uris, self.summary.run_id)
+        import pyarrow.parquet as pq
+
+        buf = io.BytesIO()
+        pq.write_table(table, buf)
+        name = hashlib.sha256("\x1f".join(rows["id"]).encode()).hexdigest()[:16]
+        self.storage.put_bytes(f"metadata/{self.summary.run_id}-{name}.parquet", buf.getvalue())
+        return block_stats(rows)
+
+
+def _merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    out = dict(a)
+    for k in ("ok", "failed", "denoising_steps", "unet_evals"):
+        out[k] = a[k] + b[k]
+    for k in ("steps_histogram", "predicted_steps_histogram", "failure_reasons"):
+        out[k] = a[k] + b[k]
+    out["batches"] = {**a["batches"], **b["batches"]}
+    thumbs = {k: list(v) for k, v in a["thumbs"].items()}
+    for k, v in b["thumbs"].items():
+        thumbs.setdefault(k, []).extend(v[: max(0, THUMBS_PER_STEP - len(thumbs.get(k, [])))])
+    out["thumbs"] = thumbs
+    return out
+
+
+def read_metadata(storage: Storage, columns: list[str] | None = None):
+    """All metadata rows under a root as one Arrow table (empty table if none)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    fs = storage.filesystem()
+    tables = [pq.read_table(storage.path(k), columns=columns, filesystem=fs)
+              for k in storage.list("metadata") if k.endswith(".parquet")]
+    if not tables:
+        schema = metadata_schema()
+        return schema.empty_table().select(columns) if columns else schema.empty_table()
+    return pa.concat_tables(tables, promote_options="default")
+
+
+def done_ids(storage: Storage) -> set[str]:
+    """Ids an earlier run finished: ok with the image present, or failed (input errors are final)."""
+    table = read_metadata(storage, ["id", "status"])
+    images = {k[len("images/") : -len(".png")] for k in storage.list("images")}
+    return {i for i, s in zip(table["id"].to_pylist(), table["status"].to_pylist()) if s != "ok" or i in images}

@@ -1,0 +1,64 @@
+"""Shared fixtures: a real local Ray, a real SeaweedFS S3 server, a tiny random diffusers model.
+
+Layers (STYLE.md): pure units need none of these; pipeline tests use ``ray_local`` (one per session, since
+starting Ray costs seconds); S3 tests add ``s3``; CLI tests use typer's CliRunner on top.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# No hub at run time, Ray bound to loopback (see ../shared/NOTES.md).
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    if not SHARED.is_dir():
+        pytest.skip(f"{SHARED} not present (shared data lives beside the checkout)")
+    return SHARED
+
+
+@pytest.fixture(scope="session")
+def ray_local(tmp_path_factory):
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=str(tmp_path_factory.mktemp("ray")),
+             log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> str:
+    """A random-init pipeline with the embedded model's architecture, saved like real weights."""
+    from dynagen.tinymodel import build_pipeline
+
+    path = tmp_path_factory.mktemp("models") / "tiny-random"
+    build_pipeline(seed=0).save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory):
+    """A real SeaweedFS S3 server on 127.0.0.1 (free ports) with one bucket, credentials in the AWS env vars."""
+    from dynagen.devservers import SeaweedS3
+
+    server = SeaweedS3(tmp_path_factory.mktemp("seaweed")).start()
+    old = {k: os.environ.get(k) for k in server.env()}
+    os.environ.update(server.env())
+    yield server
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    server.stop()

@@ -1,0 +1,112 @@
+"""End-to-end image pipeline on real Ray (+ real SeaweedFS S3), tiny random model, fixed small step counts."""
+
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from dynagen.settings import load_settings
+from dynagen.storage import Storage
+from pipelines.images import RunError, run
+from pipelines.sinks import read_metadata
+
+PROMPTS = [f"{n} {c} {s}" for n in ("one", "two") for c in ("red", "blue", "green") for s in ("circles", "squares")]
+
+
+def settings(tiny_model, **kw):
+    over = {"images.model": tiny_model, "images.steps": 2, "images.batch_size": 4, "images.cpus_per_actor": 0.5}
+    over.update({f"images.{k}": v for k, v in kw.items()})
+    return load_settings(None, over, env={})[0]
+
+
+def write_shards(d: Path) -> list[str]:
+    """Mixed formats, per-row step overrides and a few bad rows."""
+    d.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table({"prompt": PROMPTS[:6], "steps": [2, 3, 2, 3, 2, 3]}), d / "a.parquet")
+    lines = [json.dumps({"prompt": p, "id": f"j{i}", "seed": i}) for i, p in enumerate(PROMPTS[6:])]
+    lines += ['{"prompt": ""}', "{broken", json.dumps({"prompt": "dup of j0", "id": "j0"})]
+    (d / "b.jsonl").write_text("\n".join(lines) + "\n")
+    (d / "c.csv").write_text("prompt,seed\nthree red circles,5\nthree blue squares,notanumber\n")
+    return [str(d / n) for n in ("a.parquet", "b.jsonl", "c.csv")]
+
+
+def test_run_local_mixed_shards_then_resume(ray_local, tiny_model, tmp_path):
+    write_shards(tmp_path / "in")
+    out = tmp_path / "out"
+    s = run(settings(tiny_model), str(tmp_path / "in"), str(out))
+    # 12 good rows + 1 good csv row; failed: empty, broken json, bad seed; duplicate id j0 generated once
+    assert (s.ok, s.failed, s.duplicates, s.skipped) == (13, 3, 1, 0)
+    meta = read_metadata(Storage(str(out))).to_pylist()
+    assert len(meta) == 16 and len({m["id"] for m in meta}) == 16
+    for m in meta:
+        if m["status"] == "ok":
+            assert Path(m["image_uri"]).is_file() and m["batch_size"] >= 1
+        else:
+            assert m["image_uri"] is None and m["error"]
+    assert {m["steps"] for m in meta if m["status"] == "ok"} == {2, 3}
+    # Batches hold one step count; UNet evaluations measured = Σ steps × 2 (CFG)
+    by_batch = {}
+    for m in meta:
+        if m["status"] == "ok":
+            by_batch.setdefault(m["batch_id"], set()).add(m["steps"])
+    assert all(len(v) == 1 for v in by_batch.values())
+    assert s.unet_evals == 2 * s.denoising_steps == 2 * sum(m["steps"] for m in meta if m["status"] == "ok")
+    summary = json.loads((out / "runs" / f"{s.run_id}.json").read_text())
+    assert summary["ok"] == 13 and summary["steps_histogram"] == {"2": 10, "3": 3}
+    assert "secret" not in json.dumps(summary["settings"]["storage"])
+    assert "<img src='data:image/png;base64," in (out / "runs" / f"{s.run_id}.html").read_text()
+
+    # Rerun = resume: nothing generated again, no duplicate rows.
+    s2 = run(settings(tiny_model), str(tmp_path / "in"), str(out))
+    assert (s2.ok, s2.failed, s2.skipped) == (0, 0, 17)  # 16 ids + the repeated j0 row, all done earlier
+    assert len(read_metadata(Storage(str(out)))) == 16
+
+
+def test_bad_shard_stops_before_generating_or_is_skipped(ray_local, tiny_model, tmp_path):
+    d = tmp_path / "in"
+    write_shards(d)
+    (d / "z.parquet").write_bytes(b"PAR1 not really")
+    with pytest.raises(RunError, match=r"z\.parquet.*cannot parse parquet"):
+        run(settings(tiny_model), str(d), str(tmp_path / "out"))
+    assert not (tmp_path / "out" / "images").exists()
+    s = run(settings(tiny_model, skip_bad_shards=True, limit=4), str(d / "a.parquet"), str(tmp_path / "out2"))
+    assert s.ok == 4  # --limit
+    s = run(settings(tiny_model, skip_bad_shards=True), str(d), str(tmp_path / "out"))
+    assert s.ok == 13 and [b["shard"] for b in s.bad_shards] == [str(d / "z.parquet")]
+
+
+def test_missing_stepsaver_and_model_fail_fast(ray_local, tiny_model, tmp_path):
+    write_shards(tmp_path / "in")
+    with pytest.raises(RunError, match="StepSaver model not found"):
+        run(settings(tiny_model, steps="auto", stepsaver=str(tmp_path / "none")), str(tmp_path / "in"), str(tmp_path / "o"))
+    with pytest.raises(RunError, match="model folder not found"):
+        run(settings(str(tmp_path / "nomodel")), str(tmp_path / "in"), str(tmp_path / "o"))
+
+
+def test_s3_in_and_out(ray_local, tiny_model, s3, tmp_path):
+    src_store = Storage(f"s3://{s3.bucket}/inputs")
+    buf = pa.BufferOutputStream()
+    pq.write_table(pa.table({"prompt": PROMPTS[:5], "id": [f"s{i}" for i in range(5)]}), buf)
+    src_store.put_bytes("part-0.parquet", buf.getvalue().to_pybytes())
+    src_store.put_bytes("part-1.jsonl", b'{"prompt": "a red circle", "id": "s9"}\n')
+    dest = f"s3://{s3.bucket}/runs/test1"
+    s = run(settings(tiny_model), f"s3://{s3.bucket}/inputs", dest)
+    assert (s.ok, s.failed) == (6, 0)
+    store = Storage(dest)
+    assert sorted(store.list("images")) == [f"images/s{i}.png" for i in (0, 1, 2, 3, 4, 9)]
+    assert store.get_bytes("images/s0.png")[:4] == b"\x89PNG"
+    meta = read_metadata(store)
+    assert meta.num_rows == 6 and set(meta["image_uri"].to_pylist()) == {f"{dest}/images/s{i}.png" for i in (0, 1, 2, 3, 4, 9)}
+    assert json.loads(store.get_bytes(f"runs/{s.run_id}.json"))["ok"] == 6
+    assert run(settings(tiny_model), f"s3://{s3.bucket}/inputs", dest).skipped == 6
+
+
+def test_s3_unreachable_or_missing_bucket_fails_fast(ray_local, tiny_model, s3, tmp_path, monkeypatch):
+    write_shards(tmp_path / "in")
+    with pytest.raises(RunError, match="bucket 'nosuchbucket' does not exist"):
+        run(settings(tiny_model), str(tmp_path / "in"), "s3://nosuchbucket/x")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing listens on the discard port
+    with pytest.raises(RunError, match="cannot reach S3 endpoint http://127.0.0.1:9"):
+        run(settings(tiny_model), str(tmp_path / "in"), "s3://dynagen/x")
