@@ -80,10 +80,27 @@ class ImageSettings(_Section):
         return v
 
 
+class LLMSettings(_Section):
+    router: str = Field("learned", description="Router name from the registry (learned, random, ...).")
+    router_path: str = Field(str(REPO_ROOT / "models" / "router"), description="Learned router artifact folder.")
+    large_share: float = Field(0.3, ge=0, le=1, description="Target share of prompts sent to the large model.")
+    small_model: str = Field(str(REPO_ROOT / "models" / "llm-small"), description="Small causal LM (HF id or folder).")
+    large_model: str = Field(str(REPO_ROOT / "models" / "llm-large"), description="Large causal LM (HF id or folder).")
+    max_new_tokens: int = Field(32, ge=1, le=4096, description="Tokens generated per response.")
+    batch_size: int = Field(16, ge=1, description="Prompts per generation batch.")
+    max_prompt_chars: int = Field(8000, ge=1, description="Longer prompts fail their row.")
+    limit: int | None = Field(None, ge=1, description="Read at most this many prompts.")
+    small_actors_max: int = Field(1, ge=1, description="Small-model actor pool: maximum size.")
+    large_actors_max: int = Field(1, ge=1, description="Large-model actor pool: maximum size.")
+    cpus_per_actor: float = Field(0.5, gt=0, description="CPUs per LLM actor.")
+    gpus_per_actor: float = Field(0.0, ge=0, description="GPUs per LLM actor (0 = CPU).")
+
+
 class Settings(_Section):
     storage: StorageSettings = StorageSettings()
     ray: RaySettings = RaySettings()
     images: ImageSettings = ImageSettings()
+    llm: LLMSettings = LLMSettings()
 
 
 SECRET_KEYS = {"storage.access_key_id", "storage.secret_access_key"}
