@@ -19,7 +19,7 @@ def run_and_report(settings: Settings, src: str, dest: str, run_id: str | None =
     from dynagen.storage import StorageError
     from pipelines.images import RunError, run
 
-    console = Console(stderr=True)
+    console = Console(stderr=True, soft_wrap=True)  # one line per message, even in narrow terminals
     try:
         s = run(settings, src, dest, run_id=run_id)
     except (RunError, ShardError, StorageError) as e:
