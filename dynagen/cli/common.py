@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from typing import Any, Mapping, NoReturn
 
 import typer
@@ -33,5 +32,3 @@ def quiet_libraries() -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
     warnings.filterwarnings("ignore", category=FutureWarning)
-    if not sys.stderr.isatty():
-        os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
