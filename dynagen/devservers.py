@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -110,3 +111,111 @@ class SeaweedS3:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+class FaultProxy:
+    """An HTTP proxy on 127.0.0.1 in front of an S3 server that injects transient faults.
+
+    Every ``slowdown_every``-th request gets ``503 SlowDown``; every ``drop_every``-th has its connection
+    closed without a response. Headers (including Host, which SigV4 signs) pass through unchanged.
+    """
+
+    def __init__(self, upstream_port: int, slowdown_every: int = 0, drop_every: int = 0):
+        import http.server
+
+        self.upstream_port, self.slowdown_every, self.drop_every = upstream_port, slowdown_every, drop_every
+        self.requests = self.slowdowns = self.drops = 0
+        self._lock = threading.Lock()
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a):  # quiet
+                pass
+
+            def _handle(self):
+                import http.client
+
+                if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
+                    body = self._read_chunked_raw()  # botocore streams checksummed uploads chunked
+                else:
+                    length = int(self.headers.get("Content-Length") or 0)
+                    body = self.rfile.read(length) if length else b""
+                with proxy._lock:
+                    proxy.requests += 1
+                    n = proxy.requests
+                if proxy.drop_every and n % proxy.drop_every == 0:
+                    with proxy._lock:
+                        proxy.drops += 1
+                    self.close_connection = True
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                    return
+                if proxy.slowdown_every and n % proxy.slowdown_every == 0:
+                    with proxy._lock:
+                        proxy.slowdowns += 1
+                    msg = (b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>SlowDown</Code>"
+                           b"<Message>Please reduce your request rate.</Message></Error>")
+                    self.send_response(503)
+                    self.send_header("Content-Type", "application/xml")
+                    self.send_header("Content-Length", str(len(msg)))
+                    self.end_headers()
+                    self.wfile.write(msg)
+                    return
+                conn = http.client.HTTPConnection("127.0.0.1", proxy.upstream_port, timeout=60)
+                conn.putrequest(self.command, self.path, skip_host=True, skip_accept_encoding=True)
+                for k, v in self.headers.items():
+                    conn.putheader(k, v)
+                conn.endheaders()
+                if body:
+                    conn.send(body)
+                resp = conn.getresponse()
+                data = resp.read()
+                self.send_response_only(resp.status, resp.reason)
+                for k, v in resp.getheaders():
+                    # HEAD keeps upstream's Content-Length (the object size); other replies get the body's.
+                    if k.lower() in ("transfer-encoding", "connection") or (
+                        k.lower() == "content-length" and self.command != "HEAD"
+                    ):
+                        continue
+                    self.send_header(k, v)
+                if self.command != "HEAD":
+                    self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+                conn.close()
+
+            def _read_chunked_raw(self) -> bytes:
+                """The chunked body exactly as sent (sizes, data, trailers), to forward unchanged."""
+                raw = bytearray()
+                while True:
+                    line = self.rfile.readline()
+                    raw += line
+                    size = int(line.split(b";")[0].strip() or b"0", 16)
+                    if size == 0:
+                        while True:  # trailers, then the blank line
+                            t = self.rfile.readline()
+                            raw += t
+                            if t in (b"\r\n", b"\n", b""):
+                                return bytes(raw)
+                    raw += self.rfile.read(size + 2)
+
+            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _handle
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> "FaultProxy":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()

@@ -174,9 +174,18 @@ class Storage:
     def put_bytes(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> str:
         """Write one object atomically (S3 PUTs are atomic; locally write-then-rename). Returns its URI."""
         if self.s3:
+            from botocore.exceptions import BotoCoreError, ClientError
+
             bucket, prefix = split_s3(self.root)
             full = f"{prefix}/{key}" if prefix else key
-            self._boto().put_object(Bucket=bucket, Key=full, Body=data, ContentType=content_type)
+            try:
+                self._boto().put_object(Bucket=bucket, Key=full, Body=data, ContentType=content_type)
+            except (BotoCoreError, ClientError) as e:
+                where = self._opts.endpoint_url or "AWS S3"
+                raise StorageError(
+                    f"writing s3://{bucket}/{full} via {where} failed after {self._opts.max_attempts} attempts: "
+                    f"{type(e).__name__}"
+                ) from None
         else:
             dest = Path(self.root) / key
             dest.parent.mkdir(parents=True, exist_ok=True)

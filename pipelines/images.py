@@ -144,5 +144,23 @@ def run(settings: Settings, src: str, dest: str, run_id: str | None = None) -> R
 
     # 6. Write images, metadata, the run summary and the HTML report.
     sink = ImageSink(out, summary, batch_size=s.batch_size, ledger=ledger)
-    ds.write_datasink(sink, ray_remote_args={"num_cpus": LIGHT_CPU})
+    try:
+        ds.write_datasink(sink, ray_remote_args={"num_cpus": LIGHT_CPU})
+    except Exception as e:  # a worker's traceback is long; the user needs the cause and what to do
+        raise RunError(f"run {run_id} failed: {root_cause(e)}; finished work is kept, rerun the same command to resume") from e
+    finally:
+        ray.kill(ledger)
     return sink.summary
+
+
+def root_cause(e: BaseException) -> str:
+    """One line for the deepest cause of a (Ray-wrapped) exception."""
+    seen = set()
+    while id(e) not in seen:
+        seen.add(id(e))
+        nxt = getattr(e, "cause", None) or e.__cause__
+        if not isinstance(nxt, BaseException):
+            break
+        e = nxt
+    first = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), "")
+    return f"{type(e).__name__}: {first}"[:300] if first else type(e).__name__
