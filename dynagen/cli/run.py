@@ -18,29 +18,48 @@ class SchedulerName(str, Enum):
     dpmpp = "dpm++"
 
 
+# Job options shared with ``dynagen submit images`` (same flags, same meaning, whether local or on a cluster).
+PromptsOpt = Annotated[str, typer.Option("--prompts", "-p", help="Prompt shards: a file, directory, glob or s3:// prefix "
+                                         "(.parquet, .jsonl, .csv; column 'prompt', optional id, seed, negative_prompt, steps).")]
+OutOpt = Annotated[str, typer.Option("--out", "-o", help="Destination: a local folder or s3://bucket/prefix.")]
+StepsOpt = Annotated[Optional[str], typer.Option(help="'auto' (StepSaver predicts per prompt) or a fixed step count.")]
+ModelOpt = Annotated[Optional[str], typer.Option(help="diffusers pipeline folder (default: the embedded models/tiny-sd).")]
+SchedulerOpt = Annotated[Optional[SchedulerName], typer.Option(help="Sampler.")]
+LimitOpt = Annotated[Optional[int], typer.Option(help="Read at most N prompts.")]
+BatchSizeOpt = Annotated[Optional[int], typer.Option(help="Images per diffusion batch.")]
+SkipBadShardsOpt = Annotated[bool, typer.Option("--skip-bad-shards", help="Skip unreadable shards (recorded in the run summary) instead of stopping.")]
+ConfigOpt = Annotated[Optional[str], typer.Option("--config", "-c", help="YAML settings file.")]
+RunIdOpt = Annotated[Optional[str], typer.Option(help="Run id (default: UTC timestamp + random suffix).")]
+
+
+def image_overrides(steps, model, scheduler, limit, batch_size, skip_bad_shards) -> dict:
+    """The image job's flags as dotted settings keys (None = not given)."""
+    return {
+        "images.steps": steps, "images.model": model, "images.scheduler": scheduler.value if scheduler else None,
+        "images.limit": limit, "images.batch_size": batch_size, "images.skip_bad_shards": skip_bad_shards or None,
+    }
+
+
 @app.command("images")
 def images(
-    prompts: Annotated[str, typer.Option("--prompts", "-p", help="Prompt shards: a file, directory, glob or s3:// prefix "
-                                         "(.parquet, .jsonl, .csv; column 'prompt', optional id, seed, negative_prompt, steps).")],
-    out: Annotated[str, typer.Option("--out", "-o", help="Destination: a local folder or s3://bucket/prefix.")],
-    steps: Annotated[Optional[str], typer.Option(help="'auto' (StepSaver predicts per prompt) or a fixed step count.")] = None,
-    model: Annotated[Optional[str], typer.Option(help="diffusers pipeline folder (default: the embedded models/tiny-sd).")] = None,
-    scheduler: Annotated[Optional[SchedulerName], typer.Option(help="Sampler.")] = None,
-    limit: Annotated[Optional[int], typer.Option(help="Read at most N prompts.")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Images per diffusion batch.")] = None,
-    skip_bad_shards: Annotated[bool, typer.Option("--skip-bad-shards", help="Skip unreadable shards (recorded in the run summary) instead of stopping.")] = False,
-    config: Annotated[Optional[str], typer.Option("--config", "-c", help="YAML settings file.")] = None,
+    prompts: PromptsOpt,
+    out: OutOpt,
+    steps: StepsOpt = None,
+    model: ModelOpt = None,
+    scheduler: SchedulerOpt = None,
+    limit: LimitOpt = None,
+    batch_size: BatchSizeOpt = None,
+    skip_bad_shards: SkipBadShardsOpt = False,
+    config: ConfigOpt = None,
     address: Annotated[Optional[str], typer.Option(help="Ray cluster address; unset = start an embedded local Ray.")] = None,
-    run_id: Annotated[Optional[str], typer.Option(help="Run id (default: UTC timestamp + random suffix).")] = None,
+    run_id: RunIdOpt = None,
 ) -> None:
     """Generate an image per prompt at its predicted step count; write PNGs, Parquet metadata and a run report.
 
     Rerunning the same command resumes: prompts already written are skipped.
     """
     settings, _ = load(config, {
-        "images.steps": steps, "images.model": model, "images.scheduler": scheduler.value if scheduler else None,
-        "images.limit": limit, "images.batch_size": batch_size, "images.skip_bad_shards": skip_bad_shards or None,
-        "ray.address": address,
+        **image_overrides(steps, model, scheduler, limit, batch_size, skip_bad_shards), "ray.address": address,
     })
     quiet_libraries()
     from jobs.run_images import run_and_report
@@ -48,3 +67,8 @@ def images(
     code = run_and_report(settings, prompts, out, run_id=run_id)
     if code:
         raise typer.Exit(code)
+
+# ``dynagen run llm`` lives in dynagen/cli/llm.py (a light import: its heavy imports sit inside the command).
+from dynagen.cli.llm import run_llm  # noqa: E402
+
+app.command("llm")(run_llm)
