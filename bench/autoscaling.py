@@ -4,7 +4,7 @@
 
 Ray's fake multi-node provider (what ``ray.cluster_utils.AutoscalingCluster`` uses) runs the real autoscaler
 (monitor + resource-demand scheduler) and starts "nodes" as extra raylets on this machine. We start it ourselves:
-``AutoscalingCluster.start()`` runs ``ray stop --force`` first, which would kill every Ray on a shared machine, and
+``AutoscalingCluster.start()`` force-stops every Ray process on the machine first (fatal on a shared machine), and
 its config template is missing from the Ray wheel. Our head is our own subprocess (own temp dir, free ports), stopped
 by its process group.
 
