@@ -84,6 +84,17 @@ class LLMSettings(_Section):
     router: str = Field("learned", description="Router name from the registry (learned, random, ...).")
     router_path: str = Field(str(REPO_ROOT / "models" / "router"), description="Learned router artifact folder.")
     large_share: float = Field(0.3, ge=0, le=1, description="Target share of prompts sent to the large model.")
+    share_mode: Literal["calibrated", "per_batch"] = Field(
+        "calibrated",
+        description="calibrated = the router's stored threshold for the share (a prompt's route never depends on "
+        "its neighbours); per_batch = the top share of each router batch (hits the share on any prompt mix).",
+    )
+    over_context: Literal["truncate", "fail"] = Field(
+        "truncate", description="Prompts longer than the model context: keep their last tokens (flagged) or fail the row."
+    )
+    max_prompt_tokens: int | None = Field(
+        None, ge=1, description="Cap on prompt tokens below the model context (bounds batch memory); unset = context."
+    )
     small_model: str = Field(str(REPO_ROOT / "models" / "llm-small"), description="Small causal LM (HF id or folder).")
     large_model: str = Field(str(REPO_ROOT / "models" / "llm-large"), description="Large causal LM (HF id or folder).")
     max_new_tokens: int = Field(32, ge=1, le=4096, description="Tokens generated per response.")
@@ -96,11 +107,39 @@ class LLMSettings(_Section):
     gpus_per_actor: float = Field(0.0, ge=0, description="GPUs per LLM actor (0 = CPU).")
 
 
+class ServeSettings(_Section):
+    """The online app (``dynagen serve``): HTTP binding, request limits, batching and autoscaling."""
+
+    host: str = Field("127.0.0.1", description="HTTP bind address (0.0.0.0 only behind a trusted network/ingress).")
+    port: int = Field(8000, ge=1, le=65535, description="HTTP port.")
+    app_name: str = Field("dynagen", description="Ray Serve application name.")
+    max_prompt_chars: int = Field(4000, ge=1, description="Longer prompts are refused with 413.")
+    max_batch_prompts: int = Field(256, ge=1, description="Most prompts in one /v1/steps or /v1/route request (413 above).")
+    max_request_bytes: int = Field(1_048_576, ge=1024, description="Larger request bodies are refused with 413.")
+    max_steps: int = Field(150, ge=1, le=1000, description="Largest explicit 'steps' a /v1/images request may ask for.")
+    max_batch_size: int = Field(8, ge=1, description="Images per @serve.batch call (one step count per batch).")
+    batch_wait_timeout_s: float = Field(0.05, ge=0, description="How long an image batch waits to fill up.")
+    steps_max_batch_size: int = Field(32, ge=1, description="Requests whose prompts StepSaver scores in one forward.")
+    steps_batch_wait_timeout_s: float = Field(0.002, ge=0, description="How long a StepSaver batch waits to fill up.")
+    ingress_min_replicas: int = Field(1, ge=0, description="Ingress (StepSaver + router) replicas: minimum.")
+    ingress_max_replicas: int = Field(2, ge=1, description="Ingress replicas: maximum (autoscaling).")
+    ingress_target_ongoing_requests: float = Field(16, gt=0, description="Autoscaling target of in-flight requests per ingress replica.")
+    ingress_max_ongoing_requests: int = Field(64, ge=1, description="Requests one ingress replica accepts at once.")
+    ingress_num_cpus: float = Field(1.0, gt=0, description="CPUs per ingress replica (also sets its torch threads).")
+    images_min_replicas: int = Field(1, ge=0, description="Image-generation replicas: minimum.")
+    images_max_replicas: int = Field(1, ge=1, description="Image-generation replicas: maximum (autoscaling).")
+    images_target_ongoing_requests: float = Field(8, gt=0, description="Autoscaling target of in-flight images per replica.")
+    images_max_ongoing_requests: int = Field(32, ge=1, description="Images one generation replica accepts at once (>= max_batch_size).")
+    images_num_cpus: float = Field(1.0, gt=0, description="CPUs per image replica (also sets its torch threads).")
+    images_num_gpus: float = Field(0.0, ge=0, description="GPUs per image replica (0 = CPU).")
+
+
 class Settings(_Section):
     storage: StorageSettings = StorageSettings()
     ray: RaySettings = RaySettings()
     images: ImageSettings = ImageSettings()
     llm: LLMSettings = LLMSettings()
+    serve: ServeSettings = ServeSettings()
 
 
 SECRET_KEYS = {"storage.access_key_id", "storage.secret_access_key"}
