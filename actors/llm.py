@@ -1,0 +1,246 @@
+"""Causal-LM actor: batched greedy generation with ``transformers`` ``AutoModelForCausalLM``.
+
+``LLMCore`` is plain Python (no Ray): load once, then ``run(rows)`` tokenizes the rows it is given, sorts them by
+prompt length, cuts them into batches of at most ``batch_size``, left-pads each batch (decoder-only models
+continue from the last position, so padding must sit on the left) and generates. Per row it records
+prompt/completion token counts, the batch's latency and whether the prompt was truncated to fit the context.
+``LLMActor`` is the thin callable class Ray Data's ``map_batches`` holds in an actor pool (one pool per model).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+from typing import Any, Literal, Sequence
+
+import numpy as np
+
+OverContext = Literal["truncate", "fail"]
+# "org/name" or "name": what the hub accepts as a model id (a local folder is tried first).
+HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9][A-Za-z0-9_.-]*)?$")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model")
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
+
+
+class ModelLoadError(RuntimeError):
+    """A model folder that is missing files, or a model that failed to load; one line naming it."""
+
+
+# 1. Pure helpers ----------------------------------------------------------------------------------------------
+
+
+def check_model_dir(path: str | Path, allow_unsafe: bool = False) -> str:
+    """Validate a local model folder before any actor starts; returns 'local' or 'hub'.
+
+    A folder needs config.json, a tokenizer (tokenizer.json, tokenizer.model or vocab files) and weights
+    (*.safetensors; pickle weights only with ``allow_unsafe``). A string that is not a folder but looks like a
+    hub id ('org/name') is accepted as such: the actors load it (from the local cache when HF_HUB_OFFLINE=1).
+    """
+    p = Path(str(path)).expanduser()
+    if not p.exists():
+        s = str(path)
+        if HUB_ID.match(s) and "/" in s and not s.startswith((".", "/", "~")):
+            return "hub"
+        raise ModelLoadError(f"model folder not found: {path}")
+    if not p.is_dir():
+        raise ModelLoadError(f"{p}: not a folder (need a transformers model folder with config.json)")
+    cfg = p / "config.json"
+    if not cfg.is_file():
+        raise ModelLoadError(f"{p}: config.json is missing (not a transformers model folder)")
+    try:
+        json.loads(cfg.read_text())
+    except json.JSONDecodeError as e:
+        raise ModelLoadError(f"{cfg}: invalid JSON ({e.msg})") from None
+    if not any((p / f).is_file() for f in TOKENIZER_FILES):
+        raise ModelLoadError(f"{p}: no tokenizer files (need one of {', '.join(TOKENIZER_FILES)})")
+    if not list(p.glob("*.safetensors")):
+        pickles = [q.name for q in p.iterdir() if q.suffix in PICKLE_SUFFIXES]
+        if not pickles:
+            raise ModelLoadError(f"{p}: no weights (*.safetensors)")
+        if not allow_unsafe:
+            raise ModelLoadError(f"{p}: only pickle weights ({pickles[0]}); safetensors required (allow_unsafe for trusted folders)")
+    return "local"
+
+
+def plan_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Indices sorted by length (longest first), cut into batches of at most ``batch_size``.
+
+    Similar lengths share a batch, so left padding wastes little compute; longest first so an out-of-memory
+    batch shows up at the start of a call, not at the end.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    return [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
+
+
+def fit_to_context(ids: list[int], budget: int, over_context: OverContext) -> tuple[list[int] | None, str]:
+    """(ids to use or None if the row fails, note). Truncation keeps the *end*: the question sits there."""
+    if len(ids) <= budget:
+        return ids, ""
+    if over_context == "fail":
+        return None, f"prompt is {len(ids)} tokens; the model takes at most {budget} with the requested max_new_tokens"
+    return ids[-budget:], f"truncated: kept the last {budget} of {len(ids)} prompt tokens"
+
+
+def completion_length(tokens: Sequence[int], eos_ids: set[int]) -> int:
+    """Generated tokens up to and including the first EOS (what follows is padding)."""
+    for k, t in enumerate(tokens):
+        if t in eos_ids:
+            return k + 1
+    return len(tokens)
+
+
+def context_length(config: Any, tokenizer: Any = None) -> int:
+    """The model's maximum sequence length from its config (or tokenizer), else a conservative 2048."""
+    for attr in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        v = getattr(config, attr, None)
+        if isinstance(v, int) and v > 0:
+            return v
+    v = getattr(tokenizer, "model_max_length", None)
+    return v if isinstance(v, int) and 0 < v < 10**7 else 2048
+
+
+# 2. The core --------------------------------------------------------------------------------------------------
+
+
+class LLMCore:
+    """Holds one causal LM and its tokenizer; answers rows in length-sorted, left-padded batches."""
+
+    def __init__(
+        self,
+        model: str,
+        max_new_tokens: int = 32,
+        batch_size: int = 16,
+        over_context: OverContext = "truncate",
+        max_prompt_tokens: int | None = None,
+        device: str | None = None,
+        num_threads: int | None = None,
+        allow_unsafe: bool = False,
+        label: str | None = None,
+    ):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        if num_threads:
+            # Ray gives an actor OMP_NUM_THREADS=1; use the CPUs the actor actually reserved.
+            torch.set_num_threads(num_threads)
+        if over_context not in ("truncate", "fail"):
+            raise ValueError(f"over_context must be 'truncate' or 'fail', got {over_context!r}")
+        check_model_dir(model, allow_unsafe=allow_unsafe)
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.model_name = label or str(model)
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(str(model))
+            self.model = AutoModelForCausalLM.from_pretrained(str(model), use_safetensors=not allow_unsafe).to(self.device).eval()
+        except Exception as e:  # transformers raises many types; the user needs one line naming the model
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            raise ModelLoadError(f"{model}: failed to load: {type(e).__name__}: {msg}") from None
+        tok = self.tokenizer
+        eos = self.model.generation_config.eos_token_id
+        eos = eos if eos is not None else tok.eos_token_id
+        self.eos_ids = set(eos if isinstance(eos, list) else [eos]) - {None}
+        pad = tok.pad_token_id if tok.pad_token_id is not None else next(iter(self.eos_ids), 0)
+        self.pad_id = int(pad)
+        self.max_new_tokens = int(max_new_tokens)
+        self.batch_size = int(batch_size)
+        self.over_context = over_context
+        self.context = context_length(self.model.config, tok)
+        self.prompt_budget = self.context - self.max_new_tokens
+        if max_prompt_tokens:
+            # A lower cap bounds batch memory (KV cache grows with prompt length) below what the context allows.
+            self.prompt_budget = min(self.prompt_budget, int(max_prompt_tokens))
+        if self.prompt_budget < 1:
+            raise ModelLoadError(
+                f"{model}: max_new_tokens={self.max_new_tokens} leaves no room for a prompt in a {self.context}-token context"
+            )
+        self.use_chat_template = bool(getattr(tok, "chat_template", None))
+        self.busy_s = 0.0
+
+    def tokenize(self, prompts: Sequence[str]) -> list[list[int]]:
+        """Prompt ids; instruction-tuned models (a tokenizer with a chat template) get their chat format."""
+        if self.use_chat_template:
+            texts = [
+                self.tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
+                for p in prompts
+            ]
+            # verbose=False: over-context prompts are handled (and recorded) per row below, not warned about.
+            return self.tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
+        return self.tokenizer(list(prompts), verbose=False)["input_ids"]
+
+    def generate(self, batch_ids: list[list[int]]) -> list[list[int]]:
+        """Greedy completion ids per prompt (each cut after its first EOS)."""
+        import torch
+
+        width = max(len(x) for x in batch_ids)
+        ids = torch.full((len(batch_ids), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(batch_ids), width), dtype=torch.long)
+        for j, x in enumerate(batch_ids):
+            ids[j, width - len(x) :] = torch.tensor(x, dtype=torch.long)
+            mask[j, width - len(x) :] = 1
+        with torch.inference_mode():
+            out = self.model.generate(
+                input_ids=ids.to(self.device), attention_mask=mask.to(self.device), max_new_tokens=self.max_new_tokens,
+                do_sample=False, pad_token_id=self.pad_id, eos_token_id=sorted(self.eos_ids) or None,
+            )
+        gen = out[:, width:].tolist()
+        return [g[: completion_length(g, self.eos_ids)] for g in gen]
+
+    def run(self, rows: dict[str, list]) -> dict[str, list]:
+        """Answer every row with status 'ok'; rows already failed pass through untouched.
+
+        Adds response, prompt_tokens, completion_tokens, latency_ms (the row's batch), batch_size, truncated, model.
+        """
+        n = len(rows["id"])
+        out = {k: list(v) for k, v in rows.items()}
+        out.update(response=[None] * n, prompt_tokens=[0] * n, completion_tokens=[0] * n, latency_ms=[0.0] * n,
+                   batch_size=[0] * n, truncated=[False] * n, model=[self.model_name] * n)
+        todo = [i for i in range(n) if out["status"][i] == "ok"]
+        ids: dict[int, list[int]] = {}
+        for i, x in zip(todo, self.tokenize([out["prompt"][i] for i in todo]) if todo else []):
+            out["prompt_tokens"][i] = len(x)
+            if not x:
+                out["status"][i], out["error"][i] = "failed", "prompt has no tokens"
+                continue
+            kept, note = fit_to_context(x, self.prompt_budget, self.over_context)
+            if kept is None:
+                out["status"][i], out["error"][i] = "failed", note
+                continue
+            out["prompt_tokens"][i] = len(kept)  # what the model processed (cost); the note keeps the original count
+            out["truncated"][i] = len(kept) < len(x)
+            out["error"][i] = note  # empty unless truncated: the row is ok, the note says what was cut
+            ids[i] = kept
+        rows_ok = list(ids)
+        for batch in plan_batches([len(ids[i]) for i in rows_ok], self.batch_size):
+            idx = [rows_ok[j] for j in batch]
+            t0 = time.perf_counter()
+            try:
+                completions = self.generate([ids[i] for i in idx])
+            except Exception as e:  # record per row; the other batches still run
+                msg = f"generation failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                for i in idx:
+                    out["status"][i], out["error"][i] = "failed", msg[:500]
+                continue
+            ms = (time.perf_counter() - t0) * 1000
+            self.busy_s += ms / 1000
+            for i, c in zip(idx, completions):
+                out["response"][i] = self.tokenizer.decode(c, skip_special_tokens=True)
+                out["completion_tokens"][i] = len(c)
+                out["latency_ms"][i], out["batch_size"][i] = round(ms, 3), len(idx)
+        return out
+
+
+# 3. The Ray Data wrapper ----------------------------------------------------------------------------------------
+
+
+class LLMActor:
+    """Callable class for ``map_batches``: pool size and resources are set where the stage is wired."""
+
+    def __init__(self, **core_kwargs):
+        self.core = LLMCore(**core_kwargs)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        rows = {k: v.tolist() for k, v in batch.items()}
+        out = self.core.run(rows)
+        obj = ("response", "error", "prompt", "model")
+        return {k: np.asarray(v, dtype=object) if k in obj else np.asarray(v) for k, v in out.items()}

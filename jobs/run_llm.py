@@ -1,0 +1,66 @@
+"""Entry for the LLM job: called by ``dynagen run llm`` and, on a cluster, as a Ray Jobs entrypoint.
+
+    python -m jobs.run_llm --settings-json '{...}' --prompts SRC --out DEST
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from dynagen.settings import Settings
+
+
+def run_and_report(settings: Settings, src: str, dest: str, run_id: str | None = None) -> int:
+    """Run the pipeline, print a summary; returns the exit code (0 ok, 2 could not start)."""
+    from rich.console import Console
+
+    from dynagen.sources import ShardError
+    from dynagen.storage import StorageError
+    from pipelines.images import RunError
+    from pipelines.llm import run
+
+    console = Console(stderr=True)
+    try:
+        s = run(settings, src, dest, run_id=run_id)
+    except (RunError, ShardError, StorageError) as e:
+        console.print(f"[red]error:[/red] {e}", highlight=False)
+        return 2
+    share = "n/a" if s.realised_large_share is None else f"{100 * s.realised_large_share:.1f}%"
+    console.print(
+        f"run {s.run_id}: [green]{s.ok} ok[/green], [red]{s.failed} failed[/red], {s.skipped} skipped (done earlier), "
+        f"{s.duplicates} duplicate ids · {s.wall_s:.1f}s · routes small {s.routes.get('small', 0)} / large "
+        f"{s.routes.get('large', 0)} · large share {share} (target {100 * s.target_large_share:.0f}%)",
+        highlight=False,
+    )
+    for route, p in s.pools.items():
+        console.print(f"  {route}: {p['model']} · {p['completion_tokens']} tokens · {p['tokens_per_s']:.1f} tokens/s"
+                      f" · {p['truncated']} truncated", highlight=False)
+    if s.failure_reasons:
+        console.print("failures: " + "; ".join(f"{k} ×{v}" for k, v in s.failure_reasons.items()), highlight=False)
+    for b in s.bad_shards:
+        console.print(f"skipped shard {b['shard']}: {b['error']}", highlight=False)
+    console.print(f"summary: {dest.rstrip('/')}/runs/{s.run_id}.json  responses: {dest.rstrip('/')}/responses/",
+                  highlight=False)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from dynagen.settings import SettingsError, settings_from_json
+
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--settings-json", default="{}")
+    p.add_argument("--prompts", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--run-id")
+    a = p.parse_args(argv)
+    try:
+        settings = settings_from_json(a.settings_json)  # validated again on the job's side
+    except SettingsError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return run_and_report(settings, a.prompts, a.out, a.run_id)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
