@@ -156,6 +156,10 @@ class DiffusionCore:
         device: str | None = None,
         num_threads: int | None = None,
         allow_unsafe: bool = False,
+        early_stop: bool = False,
+        early_stop_threshold: float | None = None,
+        early_stop_interval: int | None = None,
+        early_stop_min_steps: int | None = None,
     ):
         import torch
 
@@ -175,15 +179,34 @@ class DiffusionCore:
         self._tag = uuid.uuid4().hex[:8]
         size = self.pipe.unet.config.sample_size * self.pipe.vae_scale_factor
         self.height = self.width = int(size)
+        # Per-sample early stopping (actors/early_stop.py): the step count becomes a budget. Built here so an
+        # unsupported scheduler fails at load, not on the first batch.
+        self.early_stop = None
+        if early_stop:
+            from actors.early_stop import EarlyStopConfig, EarlyStopSampler
+
+            given = dict(threshold=early_stop_threshold, interval=early_stop_interval, min_steps=early_stop_min_steps)
+            self.early_stop = EarlyStopSampler(self.pipe, EarlyStopConfig(**{k: v for k, v in given.items() if v is not None}))
 
     def generate(
         self, prompts: list[str], seeds: list[int], steps: int, negative_prompts: list[str] | None = None
     ) -> np.ndarray:
-        """One batch at one step count → uint8 array (B, H, W, 3). Same seed ⇒ same image at any batch size."""
+        """One batch at one step count → uint8 array (B, H, W, 3). Same seed ⇒ same image at any batch size
+        (to within a level of 255: batched float math differs in the last bits)."""
+        return self.generate_with_steps(prompts, seeds, steps, negative_prompts)[0]
+
+    def generate_with_steps(
+        self, prompts: list[str], seeds: list[int], steps: int, negative_prompts: list[str] | None = None
+    ) -> tuple[np.ndarray, list[int], list[bool]]:
+        """Like ``generate``, plus per image the steps actually run and whether it stopped early."""
         import torch
 
         gens = [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds]
         neg = negative_prompts if negative_prompts and any(negative_prompts) else None
+        if self.early_stop is not None:
+            res = self.early_stop(prompts, gens, int(steps), self.guidance_scale, neg)
+            self.batches_run += 1
+            return (np.clip(res.images, 0, 1) * 255).round().astype(np.uint8), res.steps_run, res.stopped_early
         with torch.inference_mode():
             out = self.pipe(
                 prompt=list(prompts),
@@ -196,19 +219,21 @@ class DiffusionCore:
                 output_type="np",
             ).images
         self.batches_run += 1
-        return (np.clip(out, 0, 1) * 255).round().astype(np.uint8)
+        return (np.clip(out, 0, 1) * 255).round().astype(np.uint8), [int(steps)] * len(seeds), [False] * len(seeds)
 
     def run(self, rows: dict[str, list]) -> dict[str, list]:
         """Generate every row with status 'ok'; rows already failed pass through untouched.
 
         ``rows`` has columns id, prompt, negative_prompt, seed, steps, status, error. Adds image (PNG bytes),
-        width, height, batch_id, batch_size, latency_ms, unet_evals (measured per row), model, scheduler.
+        width, height, batch_id, batch_size, latency_ms, unet_evals (measured per row), model, scheduler,
+        planned_steps (the budget) and stopped_early; ``steps`` becomes the steps actually run.
         """
         n = len(rows["id"])
         out = {k: list(v) for k, v in rows.items()}
         out.update(
             image=[b""] * n, width=[self.width] * n, height=[self.height] * n, batch_id=[""] * n,
             batch_size=[0] * n, latency_ms=[0.0] * n, unet_evals=[0] * n, model=[self.model] * n, scheduler=[self.scheduler] * n,
+            planned_steps=[int(v) for v in rows["steps"]], stopped_early=[False] * n,
         )
         todo = [i for i in range(n) if out["status"][i] == "ok"]
         for batch in plan_batches([int(out["steps"][i]) for i in todo], self.batch_size):
@@ -217,7 +242,7 @@ class DiffusionCore:
             batch_id = f"{self._tag}-{self.batches_run:06d}"
             t0, evals0 = time.perf_counter(), self.counter.evals
             try:
-                images = self.generate(
+                images, steps_run, stopped = self.generate_with_steps(
                     [out["prompt"][i] for i in idx],
                     [int(out["seed"][i]) for i in idx],
                     steps,
@@ -229,11 +254,13 @@ class DiffusionCore:
                     out["status"][i], out["error"][i] = "failed", msg[:500]
                 continue
             ms = (time.perf_counter() - t0) * 1000
-            per_row_evals = (self.counter.evals - evals0) // len(idx)
-            for img, i in zip(images, idx):
+            # Measured evals split by steps run: every sample-step costs the same (1, or 2 with CFG).
+            evals_per_step = (self.counter.evals - evals0) // max(1, sum(steps_run))
+            for img, i, ran, early in zip(images, idx, steps_run, stopped):
                 out["image"][i] = encode_png(img)
                 out["batch_id"][i], out["batch_size"][i], out["latency_ms"][i] = batch_id, len(idx), ms
-                out["unet_evals"][i] = per_row_evals
+                out["unet_evals"][i] = evals_per_step * ran
+                out["steps"][i], out["stopped_early"][i] = ran, early
         return out
 
 
