@@ -15,9 +15,11 @@ MAX_STEPS = 1000
 # Columns every stage passes along (the normalized prompt row).
 ROW_COLUMNS = ("id", "prompt", "negative_prompt", "seed", "steps", "status", "error")
 
+# steps = steps actually run; planned_steps = the budget (differs only when early stopping ended the image sooner).
 METADATA_COLUMNS = (
-    "id", "prompt", "negative_prompt", "seed", "steps", "predicted_steps", "model", "scheduler", "width", "height",
-    "batch_id", "batch_size", "image_uri", "status", "error", "latency_ms", "unet_evals", "source", "run_id", "created_at",
+    "id", "prompt", "negative_prompt", "seed", "steps", "planned_steps", "stopped_early", "predicted_steps", "model",
+    "scheduler", "width", "height", "batch_id", "batch_size", "image_uri", "status", "error", "latency_ms", "unet_evals",
+    "source", "run_id", "created_at",
 )
 
 
@@ -26,9 +28,9 @@ def metadata_schema():
 
     s, i = pa.string(), pa.int64()
     types = dict(
-        id=s, prompt=s, negative_prompt=s, seed=i, steps=i, predicted_steps=i, model=s, scheduler=s, width=i,
-        height=i, batch_id=s, batch_size=i, image_uri=s, status=s, error=s, latency_ms=pa.float64(),
-        unet_evals=i, source=s, run_id=s, created_at=pa.timestamp("us", tz="UTC"),
+        id=s, prompt=s, negative_prompt=s, seed=i, steps=i, planned_steps=i, stopped_early=pa.bool_(), predicted_steps=i,
+        model=s, scheduler=s, width=i, height=i, batch_id=s, batch_size=i, image_uri=s, status=s, error=s,
+        latency_ms=pa.float64(), unet_evals=i, source=s, run_id=s, created_at=pa.timestamp("us", tz="UTC"),
     )
     return pa.schema([(c, types[c]) for c in METADATA_COLUMNS])
 

@@ -69,6 +69,15 @@ class ImageSettings(_Section):
     cpus_per_actor: float = Field(1.0, gt=0, description="CPUs reserved per diffusion actor (sets torch threads).")
     gpus_per_actor: float = Field(0.0, ge=0, description="GPUs per diffusion actor (0 = CPU).")
     skip_bad_shards: bool = Field(False, description="Skip unreadable shards (recorded) instead of stopping the run.")
+    early_stop: bool = Field(
+        False, description="End each image's denoising once its predicted clean image stops changing (steps = budget)."
+    )
+    early_stop_threshold: float = Field(
+        0.05, ge=0, description="Stop when x̂0's relative change per unit of diffusion time falls below this "
+        "(calibrated by jobs/calibrate_early_stop.py to keep fixed-50 quality; 0 = never stop).",
+    )
+    early_stop_interval: int = Field(2, ge=1, description="Check convergence every this many steps.")
+    early_stop_min_steps: int = Field(6, ge=1, description="No image stops before this many steps.")
 
     @field_validator("steps", mode="before")
     @classmethod

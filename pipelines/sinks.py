@@ -51,6 +51,10 @@ def metadata_table(rows: dict[str, list], image_uris: list[str | None], run_id: 
             cols[c] = [now] * n
         elif c == "predicted_steps":
             cols[c] = [int(v) if v else None for v in rows.get(c, [0] * n)]
+        elif c == "planned_steps":  # rows from a stage without early stopping: the budget is the steps run
+            cols[c] = rows.get(c, rows["steps"])
+        elif c == "stopped_early":
+            cols[c] = [bool(v) for v in rows.get(c, [False] * n)]
         elif c == "error":
             cols[c] = [v or None for v in rows[c]]
         else:

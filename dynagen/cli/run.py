@@ -28,15 +28,18 @@ SchedulerOpt = Annotated[Optional[SchedulerName], typer.Option(help="Sampler.")]
 LimitOpt = Annotated[Optional[int], typer.Option(help="Read at most N prompts.")]
 BatchSizeOpt = Annotated[Optional[int], typer.Option(help="Images per diffusion batch.")]
 SkipBadShardsOpt = Annotated[bool, typer.Option("--skip-bad-shards", help="Skip unreadable shards (recorded in the run summary) instead of stopping.")]
+EarlyStopOpt = Annotated[Optional[bool], typer.Option("--early-stop/--no-early-stop", help="End each image once its "
+                         "predicted clean image stops changing; --steps becomes the budget (settings: images.early_stop_*).")]
 ConfigOpt = Annotated[Optional[str], typer.Option("--config", "-c", help="YAML settings file.")]
 RunIdOpt = Annotated[Optional[str], typer.Option(help="Run id (default: UTC timestamp + random suffix).")]
 
 
-def image_overrides(steps, model, scheduler, limit, batch_size, skip_bad_shards) -> dict:
+def image_overrides(steps, model, scheduler, limit, batch_size, skip_bad_shards, early_stop=None) -> dict:
     """The image job's flags as dotted settings keys (None = not given)."""
     return {
         "images.steps": steps, "images.model": model, "images.scheduler": scheduler.value if scheduler else None,
         "images.limit": limit, "images.batch_size": batch_size, "images.skip_bad_shards": skip_bad_shards or None,
+        "images.early_stop": early_stop,
     }
 
 
@@ -50,6 +53,7 @@ def images(
     limit: LimitOpt = None,
     batch_size: BatchSizeOpt = None,
     skip_bad_shards: SkipBadShardsOpt = False,
+    early_stop: EarlyStopOpt = None,
     config: ConfigOpt = None,
     address: Annotated[Optional[str], typer.Option(help="Ray cluster address; unset = start an embedded local Ray.")] = None,
     run_id: RunIdOpt = None,
@@ -59,7 +63,7 @@ def images(
     Rerunning the same command resumes: prompts already written are skipped.
     """
     settings, _ = load(config, {
-        **image_overrides(steps, model, scheduler, limit, batch_size, skip_bad_shards), "ray.address": address,
+        **image_overrides(steps, model, scheduler, limit, batch_size, skip_bad_shards, early_stop), "ray.address": address,
     })
     quiet_libraries()
     from jobs.run_images import run_and_report

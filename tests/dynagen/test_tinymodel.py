@@ -1,0 +1,64 @@
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+torch = pytest.importorskip("torch")
+
+from dynagen import tinymodel  # noqa: E402
+
+MODEL_DIR = Path(__file__).resolve().parents[2] / "models" / "tiny-sd"
+PROMPTS = ["a red circle on a white background", "two small blue striped squares on a black background"]
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return tinymodel.build_pipeline(seed=0)
+
+
+def test_tokenizer_handles_arbitrary_text(pipe):
+    tok = pipe.tokenizer
+    weird = "Ünïcødé 日本語 🐱 <tags> " + "a very long prompt " * 40
+    ids = tok(weird, padding="max_length", max_length=tok.model_max_length, truncation=True).input_ids
+    assert len(ids) == 77
+    assert all(0 <= i < pipe.text_encoder.config.vocab_size for i in ids)
+    # grammar words are single tokens
+    assert len(tok("red circle").input_ids) == 4
+
+
+@pytest.mark.parametrize("sched", ["ddim", "euler", "dpm"])
+def test_build_pipeline_generates(pipe, sched):
+    imgs = tinymodel.generate(pipe, PROMPTS, steps=4, scheduler=sched)
+    assert len(imgs) == 2
+    assert all(im.shape == (64, 64, 3) and im.dtype == np.uint8 for im in imgs)
+    assert pipe.scheduler.config.timestep_spacing == "trailing"
+
+
+def test_build_pipeline_pil_output(pipe):
+    out = pipe(PROMPTS, num_inference_steps=2, guidance_scale=tinymodel.DEFAULT_GUIDANCE_SCALE)
+    assert [im.size for im in out.images] == [(64, 64), (64, 64)]
+
+
+def test_roundtrip_save_load(pipe, tmp_path):
+    pipe.save_pretrained(tmp_path, safe_serialization=True)
+    p2 = tinymodel.load_pipeline(tmp_path)
+    a = tinymodel.generate(pipe, PROMPTS[:1], steps=3, scheduler="ddim")[0]
+    b = tinymodel.generate(p2, PROMPTS[:1], steps=3, scheduler="ddim")[0]
+    assert np.abs(a.astype(int) - b.astype(int)).max() <= 1
+
+
+@pytest.mark.skipif(not (MODEL_DIR / "model_index.json").exists(), reason="models/tiny-sd not present")
+def test_committed_model_loads_offline_and_generates():
+    from diffusers import StableDiffusionPipeline
+
+    p = StableDiffusionPipeline.from_pretrained(str(MODEL_DIR), torch_dtype=torch.float32, local_files_only=True)
+    p.set_progress_bar_config(disable=True)
+    assert p.scheduler.config.timestep_spacing == "trailing"
+    assert p.scheduler.config.prediction_type == "v_prediction"
+    imgs = tinymodel.generate(p, PROMPTS, steps=8, scheduler="ddim")
+    assert all(im.shape == (64, 64, 3) for im in imgs)
+    assert imgs[0].std() > 5  # not a blank image
+    size = sum(f.stat().st_size for f in MODEL_DIR.rglob("*") if f.is_file())
+    assert size <= 20 * 1024 * 1024
