@@ -12,7 +12,7 @@ Quality = mean SSIM (skimage, channel_axis=2, data_range=255) to the 200-step im
 StepSaver rows need ``models/stepsaver`` (or ``--stepsaver``); without it they are skipped with a note.
 Prints a table and writes ``bench/results/early_stop.json``.
 
-    python -m bench.early_stop                  # 32 prompts × 2 seeds, < 10 min on 2 shared cores
+    python -m bench.early_stop                  # 16 prompts × 2 seeds, ~10 min on 2 shared cores
     python -m bench.early_stop --smoke-test     # 3 prompts × 1 seed
 """
 
@@ -30,7 +30,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 STEPSAVER = REPO / "models" / "stepsaver"
-N_PROMPTS = 32  # × 2 seeds = 64 images per row: a stable mean SSIM, and the whole bench stays < 10 min on 2 cores
+N_PROMPTS = 16  # × 2 seeds = 32 images per row: on 2 shared cores the 200-step references dominate; ~10 min
 SMOKE_PROMPTS = 3
 IMAGE_SEEDS = (50_000, 50_001)  # disjoint from StepSaver calibration (0, 1, 2) and early-stop calibration (1000, 1001)
 PROMPT_SEED = 90_001  # bench/stepsaver.py's held-out prompt seed: neither predictor nor threshold saw these prompts

@@ -73,7 +73,7 @@ class ImageSettings(_Section):
         False, description="End each image's denoising once its predicted clean image stops changing (steps = budget)."
     )
     early_stop_threshold: float = Field(
-        0.05, ge=0, description="Stop when x̂0's relative change per unit of diffusion time falls below this "
+        0.3, ge=0, description="Stop when x̂0's relative change per unit of diffusion time falls below this "
         "(calibrated by jobs/calibrate_early_stop.py to keep fixed-50 quality; 0 = never stop).",
     )
     early_stop_interval: int = Field(2, ge=1, description="Check convergence every this many steps.")
