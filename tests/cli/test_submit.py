@@ -216,11 +216,13 @@ def test_submit_nightly_rejects_bad_file_before_connecting(tmp_path):
 
 @pytest.mark.slow
 def test_auth_required_and_wrong_token_are_clear(head, monkeypatch):
-    monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
-    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
-    monkeypatch.setenv("HOME", str(head.workdir))  # no ~/.ray/auth_token of the machine's user
-    r, _, err = invoke(["jobs", "list", "--address", head.address])
-    assert r.exit_code == 2 and "requires an auth token" in err
+    # A fresh process with a HOME of its own: Ray caches a token per process and the machine's user may have
+    # ~/.ray/auth_token from another cluster.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")} | {"HOME": str(head.workdir)}
+    exe = Path(sys.executable).with_name("dynagen")
+    p = subprocess.run([str(exe), "jobs", "list", "--address", head.address], env=env, capture_output=True,
+                       text=True, timeout=120)
+    assert p.returncode == 2 and "requires an auth token" in p.stderr, p.stderr
     monkeypatch.setenv("RAY_AUTH_TOKEN", "not-the-token")
     r, _, err = invoke(["jobs", "list", "--address", head.address])
     assert r.exit_code == 2 and "rejected the auth token" in err and "not-the-token" not in err
