@@ -430,6 +430,8 @@ def train(out_dir: str | os.PathLike = DEFAULT_MODEL_DIR, minutes: float = 40.0,
     }
     with open(out_dir / "dynagen_train.json", "w") as f:
         json.dump(info, f, indent=1)
+    # Per-model defaults the diffusion actor applies (actors.diffusion.model_defaults).
+    (out_dir / "dynagen.json").write_text(json.dumps({"guidance_scale": DEFAULT_GUIDANCE_SCALE}))
     size = sum(p.stat().st_size for p in out_dir.rglob("*") if p.is_file())
     info["size_bytes"] = size
     _log(f"saved to {out_dir} ({size / 1e6:.1f} MB) in {info['train_seconds']:.0f}s total")
