@@ -117,6 +117,11 @@ def load_pipeline(path: str | Path, scheduler: str = "ddim", device: str = "cpu"
     if scheduler not in SCHEDULERS:
         raise ModelLoadError(f"unknown scheduler '{scheduler}' (choose from {', '.join(SCHEDULERS)})")
     check_model_dir(path, allow_unsafe=allow_unsafe)
+    import transformers
+
+    # Loading bars from every actor would drown the job's own progress output.
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
     try:
         pipe = diffusers.DiffusionPipeline.from_pretrained(
             str(path), local_files_only=True, use_safetensors=not allow_unsafe, safety_checker=None
