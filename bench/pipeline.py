@@ -135,10 +135,16 @@ def main() -> None:
     ap.add_argument("--model", default=str(ROOT / "models" / "tiny-sd"))
     ap.add_argument("--stepsaver", default=str(ROOT / "models" / "stepsaver"))
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "pipeline.json"))
+    ap.add_argument("--n-prompts", type=int, help=f"override N_PROMPTS ({N_PROMPTS})")
+    ap.add_argument("--mem", type=int, nargs=2, metavar=("SMALL", "LARGE"), help=f"override ({MEM_SMALL} {MEM_LARGE})")
     a = ap.parse_args()
     global N_PROMPTS, GROUP_N, MEM_SMALL, MEM_LARGE
     if a.smoke_test:
         N_PROMPTS, GROUP_N, MEM_SMALL, MEM_LARGE = 64, 32, 40, 400
+    if a.n_prompts:
+        N_PROMPTS, GROUP_N = a.n_prompts, min(GROUP_N, a.n_prompts)
+    if a.mem:
+        MEM_SMALL, MEM_LARGE = a.mem
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
