@@ -15,8 +15,10 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	rm -f $(VENV)/.installed-*; touch $@
 
+# StepSaver picks the steps when its artifact is committed; otherwise a fixed 20 steps.
 demo: install
-	HF_HUB_OFFLINE=1 $(VENV)/bin/dynagen run images --prompts examples/prompts.jsonl --out out/demo
+	HF_HUB_OFFLINE=1 $(VENV)/bin/dynagen run images --prompts examples/prompts.jsonl --out out/demo \
+		$(if $(wildcard models/stepsaver/config.json),,--steps 20)
 
 test: install
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
