@@ -130,6 +130,7 @@ def grouped_vs_padded(model: str, prompts: list[str], steps: list[int]) -> dict:
 
 
 def main() -> None:
+    global N_PROMPTS, GROUP_N, MEM_SMALL, MEM_LARGE
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--smoke-test", action="store_true", help="tiny sizes: checks the script runs")
     ap.add_argument("--model", default=str(ROOT / "models" / "tiny-sd"))
@@ -138,7 +139,6 @@ def main() -> None:
     ap.add_argument("--n-prompts", type=int, help=f"override N_PROMPTS ({N_PROMPTS})")
     ap.add_argument("--mem", type=int, nargs=2, metavar=("SMALL", "LARGE"), help=f"override ({MEM_SMALL} {MEM_LARGE})")
     a = ap.parse_args()
-    global N_PROMPTS, GROUP_N, MEM_SMALL, MEM_LARGE
     if a.smoke_test:
         N_PROMPTS, GROUP_N, MEM_SMALL, MEM_LARGE = 64, 32, 40, 400
     if a.n_prompts:
