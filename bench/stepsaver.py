@@ -128,6 +128,10 @@ def main(argv: list[str] | None = None) -> int:
     grid = predictor.grid
     threshold = float(cal.get("threshold", 0.9))
     scheduler = cal.get("scheduler", "ddim")
+    from jobs.train_stepsaver import model_fingerprint
+
+    if cal.get("model_unet_sha256") and model_fingerprint(a.model) not in ("", cal["model_unet_sha256"]):
+        print(f"WARNING: {a.model} is not the model the predictor was calibrated on (UNet hash differs)", file=sys.stderr)
     core = DiffusionCore(a.model, scheduler, batch_size=BATCH_SIZE, num_threads=a.threads)
     runner = Runner(core, BATCH_SIZE)
     core.generate(prompts[:2], seeds[:2], 2)  # warm-up: first-call allocations out of the timed runs

@@ -19,6 +19,12 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
+def model_fingerprint(model: str) -> str:
+    """sha256 prefix of the model's UNet weights ('' if not readable here): tells a stale predictor apart."""
+    files = sorted(Path(model).glob("unet/*.safetensors")) if Path(model).is_dir() else []
+    return _sha256(files[0]) if files else ""
+
+
 def run(
     calibration: str | Sequence[str],
     out: str,
@@ -74,7 +80,7 @@ def run(
     prompts = [r["prompt"] for r in rows]
     provenance = {
         "files": [Path(p).name for p in paths], "sha256": [_sha256(Path(p)) for p in paths],
-        "model": rows[0]["model"], "scheduler": rows[0]["scheduler"], "guidance_scale": rows[0]["guidance_scale"],
+        "model": rows[0]["model"], "model_unet_sha256": model_fingerprint(rows[0]["model"]), "scheduler": rows[0]["scheduler"], "guidance_scale": rows[0]["guidance_scale"],
         "reference_steps": rows[0]["reference_steps"], "threshold": thr, "rows": len(rows),
         "variance_split": variance_split(prompts, labels),
     }

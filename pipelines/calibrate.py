@@ -332,7 +332,8 @@ def build(
         ),
         batch_size=rows_per_window,
         batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, actors)),
+        # A fixed pool: the job's size is known up front, and an autoscaling pool starting at 1 was seen to stay at 1.
+        compute=ray.data.ActorPoolStrategy(min_size=max(1, actors), max_size=max(1, actors)),
         num_cpus=cpus_per_actor,
     )
 
