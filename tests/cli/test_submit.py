@@ -224,9 +224,9 @@ def test_auth_required_and_wrong_token_are_clear(head, monkeypatch):
                        text=True, timeout=120)
     # Without a token the head answers 401 ("requires"); Ray's client may still find a machine-wide token from
     # another cluster ("rejected"). Either way: exit 2 and one line that names the auth token.
-    lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
-    assert p.returncode == 2 and len(lines) == 1, p.stderr
-    assert "requires an auth token" in lines[0] or "rejected the auth token" in lines[0], p.stderr
+    errors = [ln for ln in p.stderr.splitlines() if ln.startswith("error: ")]
+    assert p.returncode == 2 and len(errors) == 1 and "Traceback" not in p.stderr, p.stderr
+    assert "requires an auth token" in errors[0] or "rejected the auth token" in errors[0], p.stderr
     monkeypatch.setenv("RAY_AUTH_TOKEN", "not-the-token")
     r, _, err = invoke(["jobs", "list", "--address", head.address])
     assert r.exit_code == 2 and "rejected the auth token" in err and "not-the-token" not in err
