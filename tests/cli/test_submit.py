@@ -52,11 +52,14 @@ class RayHead:
         })
         tmp = self.workdir / "ray"
         tmp.mkdir(parents=True, exist_ok=True)
+        # A fixed runtime-env-agent port: with port 0 the Ray client server must look the port up in GCS within 30 s,
+        # and on a loaded 2-core CI runner it missed that window and took the whole head down.
         args = [
             str(venv_bin / "ray"), "start", "--head", "--block", "--num-cpus=2", "--num-gpus=0",
             f"--port={free_port()}", "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1",
             f"--dashboard-port={self.dashboard_port}", f"--ray-client-server-port={free_port()}",
-            f"--dashboard-agent-listen-port={free_port()}", f"--temp-dir={tmp}", "--disable-usage-stats",
+            f"--dashboard-agent-listen-port={free_port()}", f"--runtime-env-agent-port={free_port()}",
+            f"--temp-dir={tmp}", "--disable-usage-stats",
         ]
         log = open(self.workdir / "head.log", "ab")
         self.proc = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
