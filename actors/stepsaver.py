@@ -197,7 +197,9 @@ class PromptEncoder:
 
 @dataclass
 class HeadConfig:
-    hidden: int = 64  # 0 = linear head
+    # 0 = linear head. On 100 prompts × 3 seeds a 64-unit MLP overfit (held-out: 36 mean steps at 10% under-step
+    # vs 23 for the linear head, and worse than a constant 25).
+    hidden: int = 0
     dropout: float = 0.1
 
 
@@ -213,12 +215,12 @@ def build_head(dim: int, n_out: int, cfg: HeadConfig):
 class FitConfig:
     """Head training. Full-batch AdamW: a few hundred prompts fit in one batch and train in seconds."""
 
-    epochs: int = 400
+    epochs: int = 200
     lr: float = 3e-3
-    weight_decay: float = 1e-2
-    # BCE weight on "needs more than g_k" targets: missing one (under-stepping → a worse image) costs more than
-    # over-stepping (a few extra UNet evals).
-    under_weight: float = 2.0
+    weight_decay: float = 0.1
+    # BCE weight on "needs more than g_k" targets (> 1: under-stepping costs more than over-stepping in the loss).
+    # The decoding risk, chosen for a target under-step rate, already sets that bias; 2.0 gave no held-out gain.
+    under_weight: float = 1.0
     seed: int = 0
 
 

@@ -34,9 +34,10 @@ def run(
     scheduler: str | None = None,
     precision: str = "fp32",
     max_tokens: int = 64,
-    hidden: int = 64,
-    epochs: int = 400,
-    under_weight: float = 2.0,
+    hidden: int = 0,
+    epochs: int = 200,
+    under_weight: float = 1.0,
+    weight_decay: float = 0.1,
     folds: int = 5,
     num_threads: int | None = None,
     buckets: Sequence[int] | None = None,
@@ -87,7 +88,7 @@ def run(
     predictor, metrics = train_predictor(
         prompts, labels, grid, target_under_rate=target_under_rate, risk=risk, folds=folds,
         encoder=EncoderConfig(max_tokens=max_tokens, precision=precision), head=HeadConfig(hidden=hidden),
-        fit=FitConfig(epochs=epochs, under_weight=under_weight), calibration=provenance, num_threads=num_threads,
+        fit=FitConfig(epochs=epochs, under_weight=under_weight, weight_decay=weight_decay), calibration=provenance, num_threads=num_threads,
     )
     predictor.save(out)
     return {"out": str(out), "variance_split": provenance["variance_split"], **metrics}
@@ -106,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scheduler")
     p.add_argument("--precision", default="fp32", choices=["fp32", "int8", "bf16"])
     p.add_argument("--max-tokens", type=int, default=64)
-    p.add_argument("--hidden", type=int, default=64)
+    p.add_argument("--hidden", type=int, default=0, help="head hidden units (0 = linear)")
     p.add_argument("--buckets", type=lambda t: [int(x) for x in t.split(",") if x.strip()],
                    help="predictor step counts, a subset of the swept grid (default: all)")
     a = p.parse_args(argv)

@@ -95,7 +95,7 @@ def train_stepsaver(
     precision: Annotated[Precision, typer.Option(help="Encoder precision: fp32, bf16 (autocast; fast on "
                                           "CPUs with AVX512-BF16/AMX) or int8 (dynamic quantization).")] = Precision.fp32,
     max_tokens: Annotated[int, typer.Option(help="Encoder window; longer prompts are truncated.")] = 64,
-    hidden: Annotated[int, typer.Option(help="Head hidden units (0 = linear head).")] = 64,
+    hidden: Annotated[int, typer.Option(help="Head hidden units (0 = linear head).")] = 0,
     buckets: Annotated[Optional[str], typer.Option(help="Predictor step counts, comma-separated subset of the swept "
                                                    "grid (default: the whole grid); labels round up to them.")] = None,
     config: Annotated[Optional[str], typer.Option("--config", "-c", help="YAML settings file.")] = None,
