@@ -34,6 +34,7 @@ def run(
     scheduler: str | None = None,
     precision: str = "fp32",
     max_tokens: int = 64,
+    layers: int = 0,
     hidden: int = 0,
     epochs: int = 200,
     under_weight: float = 1.0,
@@ -87,7 +88,7 @@ def run(
     }
     predictor, metrics = train_predictor(
         prompts, labels, grid, target_under_rate=target_under_rate, risk=risk, folds=folds,
-        encoder=EncoderConfig(max_tokens=max_tokens, precision=precision), head=HeadConfig(hidden=hidden),
+        encoder=EncoderConfig(max_tokens=max_tokens, precision=precision, layers=layers), head=HeadConfig(hidden=hidden),
         fit=FitConfig(epochs=epochs, under_weight=under_weight, weight_decay=weight_decay), calibration=provenance, num_threads=num_threads,
     )
     predictor.save(out)
@@ -107,12 +108,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scheduler")
     p.add_argument("--precision", default="fp32", choices=["fp32", "int8", "bf16"])
     p.add_argument("--max-tokens", type=int, default=64)
+    p.add_argument("--layers", type=int, default=0, help="encoder transformer layers used (0 = all 6)")
     p.add_argument("--hidden", type=int, default=0, help="head hidden units (0 = linear)")
     p.add_argument("--buckets", type=lambda t: [int(x) for x in t.split(",") if x.strip()],
                    help="predictor step counts, a subset of the swept grid (default: all)")
     a = p.parse_args(argv)
     m = run(a.calibration, a.out, a.threshold, a.target_under_rate, a.risk, a.scheduler, a.precision, a.max_tokens,
-            a.hidden, buckets=a.buckets)
+            a.layers, a.hidden, buckets=a.buckets)
     print(json.dumps(m, indent=2))
     return 0
 

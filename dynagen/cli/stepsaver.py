@@ -95,6 +95,7 @@ def train_stepsaver(
     precision: Annotated[Precision, typer.Option(help="Encoder precision: fp32, bf16 (autocast; fast on "
                                           "CPUs with AVX512-BF16/AMX) or int8 (dynamic quantization).")] = Precision.fp32,
     max_tokens: Annotated[int, typer.Option(help="Encoder window; longer prompts are truncated.")] = 64,
+    layers: Annotated[int, typer.Option(help="Encoder transformer layers used (0 = all 6; fewer = faster).")] = 0,
     hidden: Annotated[int, typer.Option(help="Head hidden units (0 = linear head).")] = 0,
     buckets: Annotated[Optional[str], typer.Option(help="Predictor step counts, comma-separated subset of the swept "
                                                    "grid (default: the whole grid); labels round up to them.")] = None,
@@ -109,7 +110,7 @@ def train_stepsaver(
 
     try:
         m = run(calibration, settings.images.stepsaver, threshold, target_under_rate, precision=precision.value,
-                max_tokens=max_tokens, hidden=hidden, buckets=bucket_list)
+                max_tokens=max_tokens, layers=layers, hidden=hidden, buckets=bucket_list)
     except (CalibrationError, ValueError) as e:
         exit_with_error(str(e))
     h, c = m["heldout"], m["constant_baseline"]
