@@ -3,7 +3,8 @@
     python bench/pipeline.py [--smoke-test] [--model models/tiny-sd] [--out bench/results/pipeline.json]
 
 1. Ray overhead: the pipeline on N prompts at fixed steps vs a plain single-process loop over the same model
-   and prompts (same batch size, same threads). Ray start-up is timed and reported separately.
+   and prompts (same batch size, same threads), run before and after the pipeline (best kept). Ray start-up is
+   timed and reported separately.
 2. Grouping: the pipeline at StepSaver-predicted steps; checks every batch is single-step-count, that executed
    UNet evaluations = Σ per-row steps × CFG, reports batch fill; then the same predicted steps run in-process
    grouped vs ungrouped (arrival-order batches padded to each batch's max steps).
@@ -166,6 +167,7 @@ def main() -> None:
 
     # 1. Ray overhead at fixed steps.
     base = prompts[:N_PROMPTS]
+    print(f"[1/3] Ray overhead: plain loop, then the pipeline, then the plain loop again ({N_PROMPTS} prompts)", flush=True)
     result["plain_loop_s"] = plain_loop(a.model, base, [FIXED_STEPS] * N_PROMPTS)
     t0 = time.perf_counter()
     ray.init(num_cpus=THREADS, include_dashboard=False, log_to_driver=False, _temp_dir=str(tmp / "ray"))
@@ -174,10 +176,16 @@ def main() -> None:
     t0 = time.perf_counter()
     s = run(settings_for(a.model, FIXED_STEPS), src, str(tmp / "out-fixed"))
     result["pipeline_fixed_s"] = time.perf_counter() - t0
+    # The plain loop again, after: the shared host's speed drifts, so the baseline brackets the pipeline run and
+    # its best time is kept (the conservative choice for the overhead ratio).
+    result["plain_loop_s_all"] = [round(result["plain_loop_s"], 2)]
+    result["plain_loop_s_all"].append(round(plain_loop(a.model, base, [FIXED_STEPS] * N_PROMPTS), 2))
+    result["plain_loop_s"] = min(result["plain_loop_s_all"])
     result["overhead_ratio"] = result["pipeline_fixed_s"] / result["plain_loop_s"]
     result["pipeline_fixed_ok"] = s.ok
 
     # 2. Grouping at predicted steps.
+    print(f"[2/3] grouping: the pipeline at StepSaver steps, then grouped vs padded ({GROUP_N} prompts)", flush=True)
     predictor = StepPredictor.load(a.stepsaver)
     predicted = predictor.predict_steps(base)
     s = run(settings_for(a.model, "auto", a.stepsaver), src, str(tmp / "out-auto"))
@@ -200,6 +208,7 @@ def main() -> None:
     result["grouped_vs_padded"] = grouped_vs_padded(a.model, base[:GROUP_N], predicted[:GROUP_N])
 
     # 3. Memory: peak RSS while streaming a small and a 10× larger prompt set at minimal compute.
+    print(f"[3/3] memory: peak RSS streaming {MEM_SMALL} and {MEM_LARGE} prompts at {MEM_STEPS} step", flush=True)
     mem = {}
     for n in (MEM_SMALL, MEM_LARGE):
         srcn = write_shards(prompts[:n], tmp / f"mem{n}")
