@@ -234,7 +234,15 @@ def read_prompts(shards: list[Shard], fs, max_prompt_chars: int, num_cpus: float
     parts = []
     kw = dict(filesystem=fs, num_cpus=num_cpus, include_paths=True)
     if "parquet" in by_fmt:
-        parts.append(ray.data.read_parquet(by_fmt["parquet"], **kw).map_batches(_norm(False), num_cpus=num_cpus))
+        # Ray 2.60's V2 Parquet reader adds a ListFiles stage that always asks for one whole CPU: next to a diffusion
+        # actor holding 1.5 of 2 CPUs it never schedules and the run hangs (bench/pipeline.py did). The V1 reader
+        # honours num_cpus. The dataset keeps a copy of the context, so the switch is local to this read.
+        ctx = ray.data.DataContext.get_current()
+        v2, ctx.use_datasource_v2 = ctx.use_datasource_v2, False
+        try:
+            parts.append(ray.data.read_parquet(by_fmt["parquet"], **kw).map_batches(_norm(False), num_cpus=num_cpus))
+        finally:
+            ctx.use_datasource_v2 = v2
     if "jsonl" in by_fmt:
         # read_text, not read_json: one bad line must fail one row, not the whole shard.
         parts.append(ray.data.read_text(by_fmt["jsonl"], **kw).map_batches(_norm(True), num_cpus=num_cpus))

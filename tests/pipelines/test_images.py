@@ -110,3 +110,20 @@ def test_s3_unreachable_or_missing_bucket_fails_fast(ray_local, tiny_model, s3, 
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing listens on the discard port
     with pytest.raises(RunError, match="cannot reach S3 endpoint http://127.0.0.1:9"):
         run(settings(tiny_model), str(tmp_path / "in"), "s3://dynagen/x")
+
+
+def test_parquet_input_beside_an_actor_holding_most_cpus(ray_local, tiny_model, tmp_path):
+    """Regression: Ray 2.60's V2 Parquet reader wanted a whole CPU for listing files and hung next to an actor
+    holding 1.5 of the 2 CPUs. The run happens in a thread so a hang fails the test instead of the suite."""
+    import threading
+
+    d = tmp_path / "in"
+    d.mkdir()
+    pq.write_table(pa.table({"prompt": PROMPTS[:4]}), d / "a.parquet")
+    result: dict = {}
+    t = threading.Thread(target=lambda: result.update(s=run(settings(tiny_model, cpus_per_actor=1.5), str(d), str(tmp_path / "out"))),
+                         daemon=True)
+    t.start()
+    t.join(timeout=300)
+    assert not t.is_alive(), "image run on a Parquet shard did not finish (read stage starved of CPUs)"
+    assert result["s"].ok == 4
