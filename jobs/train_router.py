@@ -55,14 +55,14 @@ def embed(prompts: list[str], cache_dir: str | None, encoder=None) -> np.ndarray
     """MiniLM embeddings, cached by a hash of the prompts and the encoder config."""
     from dataclasses import asdict
 
-    from actors.router import EncoderConfig, PromptEncoder
+    from actors.router import EncoderConfig, router_encoder
 
     cfg = encoder.config if encoder is not None else EncoderConfig()
     key = hashlib.sha256(json.dumps([asdict(cfg), prompts]).encode()).hexdigest()[:16]
     f = Path(cache_dir) / f"emb-{key}.npy" if cache_dir else None
     if f is not None and f.is_file():
         return np.load(f)
-    emb = (encoder or PromptEncoder(cfg)).encode(prompts)
+    emb = (encoder or router_encoder(cfg)).encode(prompts)
     if f is not None:
         f.parent.mkdir(parents=True, exist_ok=True)
         np.save(f, emb)

@@ -49,7 +49,8 @@ def run(
     ``buckets`` (a subset of the swept grid) are the predictor's step counts; labels round up to them. Default:
     the swept grid.
     """
-    from actors.stepsaver import EncoderConfig, FitConfig, HeadConfig, train_predictor
+    from actors.encoder import EncoderConfig
+    from actors.stepsaver import FitConfig, HeadConfig, train_predictor
     from pipelines.calibrate import min_steps_for, read_calibration, variance_split
 
     paths = [calibration] if isinstance(calibration, str) else list(calibration)
