@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 from dynagen.settings import Settings
@@ -17,6 +16,7 @@ def run_and_report(settings: Settings, src: str, dest: str, run_id: str | None =
 
     from dynagen.sources import ShardError
     from dynagen.storage import StorageError
+    from jobs.common import print_failures
     from pipelines.images import RunError, run
 
     console = Console(stderr=True, soft_wrap=True)  # one line per message, even in narrow terminals
@@ -31,30 +31,16 @@ def run_and_report(settings: Settings, src: str, dest: str, run_id: str | None =
         f"{s.unet_evals} UNet evals · batch fill {100 * s.mean_batch_fill:.0f}%",
         highlight=False,
     )
-    if s.failure_reasons:
-        console.print("failures: " + "; ".join(f"{k} ×{v}" for k, v in s.failure_reasons.items()), highlight=False)
-    for b in s.bad_shards:
-        console.print(f"skipped shard {b['shard']}: {b['error']}", highlight=False)
+    print_failures(console, s)
     console.print(f"summary: {dest.rstrip('/')}/runs/{s.run_id}.json  report: {dest.rstrip('/')}/runs/{s.run_id}.html",
                   highlight=False)
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    from dynagen.settings import SettingsError, settings_from_json
+    from jobs.common import entry_main
 
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--settings-json", default="{}")
-    p.add_argument("--prompts", required=True)
-    p.add_argument("--out", required=True)
-    p.add_argument("--run-id")
-    a = p.parse_args(argv)
-    try:
-        settings = settings_from_json(a.settings_json)  # validated again on the job's side
-    except SettingsError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return run_and_report(settings, a.prompts, a.out, a.run_id)
+    return entry_main(run_and_report, __doc__, argv)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 from dynagen.settings import Settings
@@ -17,6 +16,7 @@ def run_and_report(settings: Settings, src: str, dest: str, run_id: str | None =
 
     from dynagen.sources import ShardError
     from dynagen.storage import StorageError
+    from jobs.common import print_failures
     from pipelines.images import RunError
     from pipelines.llm import run
 
@@ -36,30 +36,16 @@ def run_and_report(settings: Settings, src: str, dest: str, run_id: str | None =
     for route, p in s.pools.items():
         console.print(f"  {route}: {p['model']} · {p['completion_tokens']} tokens · {p['tokens_per_s']:.1f} tokens/s"
                       f" · {p['truncated']} truncated", highlight=False)
-    if s.failure_reasons:
-        console.print("failures: " + "; ".join(f"{k} ×{v}" for k, v in s.failure_reasons.items()), highlight=False)
-    for b in s.bad_shards:
-        console.print(f"skipped shard {b['shard']}: {b['error']}", highlight=False)
+    print_failures(console, s)
     console.print(f"summary: {dest.rstrip('/')}/runs/{s.run_id}.json  responses: {dest.rstrip('/')}/responses/",
                   highlight=False)
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    from dynagen.settings import SettingsError, settings_from_json
+    from jobs.common import entry_main
 
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--settings-json", default="{}")
-    p.add_argument("--prompts", required=True)
-    p.add_argument("--out", required=True)
-    p.add_argument("--run-id")
-    a = p.parse_args(argv)
-    try:
-        settings = settings_from_json(a.settings_json)  # validated again on the job's side
-    except SettingsError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return run_and_report(settings, a.prompts, a.out, a.run_id)
+    return entry_main(run_and_report, __doc__, argv)
 
 
 if __name__ == "__main__":
