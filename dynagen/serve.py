@@ -97,7 +97,10 @@ class ImageGenerator:
 
             self.core = DiffusionCore(model=s.images.model, scheduler=s.images.scheduler,
                                       guidance_scale=s.images.guidance_scale, batch_size=s.serve.max_batch_size,
-                                      num_threads=_threads(s.serve.images_num_cpus))
+                                      num_threads=_threads(s.serve.images_num_cpus), early_stop=s.images.early_stop,
+                                      early_stop_threshold=s.images.early_stop_threshold,
+                                      early_stop_interval=s.images.early_stop_interval,
+                                      early_stop_min_steps=s.images.early_stop_min_steps)
         except Exception as e:  # a missing/bad model folder: serve the other endpoints, answer 503 here
             self.unavailable = f"diffusion model not loaded ({_reason(e)})"
             log.warning("dynagen: %s", self.unavailable)
@@ -136,7 +139,8 @@ class ImageGenerator:
             self._n += 1
             record = BatchRecord(f"{self._tag}-{self._n:06d}", len(items), seen)
             try:
-                images = await asyncio.to_thread(self.core.generate, prompts, seeds, steps)
+                # With images.early_stop the step count is a budget: a converged image leaves the batch sooner.
+                images, ran, _ = await asyncio.to_thread(self.core.generate_with_steps, prompts, seeds, steps)
                 pngs = await asyncio.to_thread(lambda: [encode_png(im) for im in images])
             except Exception as e:  # one failed batch answers 500 for its requests; the replica keeps serving
                 msg = f"generation failed: {_reason(e)}"
@@ -145,7 +149,8 @@ class ImageGenerator:
         self.m_batch.observe(len(items), tags={"steps": str(steps)})
         self.m_images.inc(len(items), tags={"steps": str(steps)})
         h, w = self.core.height, self.core.width
-        return [ImageResult(png=png, steps=steps, seed=sd, width=w, height=h, batch=record) for png, sd in zip(pngs, seeds)]
+        return [ImageResult(png=png, steps=steps, seed=sd, width=w, height=h, batch=record, steps_run=r)
+                for png, sd, r in zip(pngs, seeds, ran)]
 
 
 # 2. The ingress ------------------------------------------------------------------------------------------------

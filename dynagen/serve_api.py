@@ -25,6 +25,7 @@ H_SEED = "X-Dynagen-Seed"
 H_BATCH_ID = "X-Dynagen-Batch-Id"
 H_BATCH_SIZE = "X-Dynagen-Batch-Size"
 H_BATCH_STEPS = "X-Dynagen-Batch-Steps"  # distinct step counts inside the batch that made this image (always one)
+H_STEPS_RUN = "X-Dynagen-Steps-Run"  # steps actually run: below X-Dynagen-Steps when early stopping ended the image
 
 SEED_MAX = 2**32 - 1  # torch.Generator.manual_seed accepts 64-bit, but 32-bit seeds are what clients pass around
 ENDPOINTS = ("/v1/steps", "/v1/route", "/v1/images", "/healthz")
@@ -88,6 +89,7 @@ class ImageJSON(BaseModel):
     batch_id: str
     batch_size: int
     batch_steps: list[int]
+    steps_run: int  # < steps when per-sample early stopping (images.early_stop) ended this image sooner
 
 
 # 2. Client errors --------------------------------------------------------------------------------------------
@@ -178,9 +180,10 @@ class ImageResult:
     batch: BatchRecord | None = None
     error: str | None = None  # "unavailable: ..." (503) or "generation failed: ..." (500)
     status: int = 200
+    steps_run: int | None = None  # None = all of `steps`
 
     def headers(self) -> dict[str, str]:
-        h = {H_STEPS: str(self.steps), H_SEED: str(self.seed)}
+        h = {H_STEPS: str(self.steps), H_SEED: str(self.seed), H_STEPS_RUN: str(self.ran)}
         if self.batch is not None:
             h.update(self.batch.headers())
         return h
@@ -189,7 +192,11 @@ class ImageResult:
         b = self.batch or BatchRecord("", 0, [])
         return ImageJSON(image_png_b64=base64.b64encode(self.png).decode("ascii"), steps=self.steps, seed=self.seed,
                          width=self.width, height=self.height, batch_id=b.batch_id, batch_size=b.size,
-                         batch_steps=b.steps).model_dump()
+                         batch_steps=b.steps, steps_run=self.ran).model_dump()
+
+    @property
+    def ran(self) -> int:
+        return self.steps if self.steps_run is None else self.steps_run
 
 
 def distinct_steps(items: Sequence[tuple[str, int, int]]) -> list[int]:

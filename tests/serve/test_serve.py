@@ -19,6 +19,7 @@ from dynagen.serve_api import (
     H_BATCH_SIZE,
     H_BATCH_STEPS,
     H_STEPS,
+    H_STEPS_RUN,
     ClientError,
     check_content_length,
     check_prompts,
@@ -169,11 +170,11 @@ def test_images_png_json_and_reproducible(app):
     r = _post(url, "/v1/images", {"prompt": PROMPTS[0], "seed": 7, "steps": 2})
     assert r.status_code == 200, r.text
     assert r.headers["content-type"] == "image/png" and r.content.startswith(PNG_MAGIC)
-    assert r.headers[H_STEPS] == "2" and r.headers[H_BATCH_STEPS] == "2"
+    assert r.headers[H_STEPS] == "2" and r.headers[H_BATCH_STEPS] == "2" and r.headers[H_STEPS_RUN] == "2"
     j = _post(url, "/v1/images?format=json", {"prompt": PROMPTS[0], "seed": 7, "steps": 2})
     assert j.status_code == 200 and j.headers["content-type"] == "application/json"
     body = j.json()
-    assert body["steps"] == 2 and body["seed"] == 7 and body["width"] == body["height"] == 64
+    assert body["steps"] == body["steps_run"] == 2 and body["seed"] == 7 and body["width"] == body["height"] == 64
     assert base64.b64decode(body["image_png_b64"]) == r.content  # same prompt + seed + steps = same image
     other = _post(url, "/v1/images", {"prompt": PROMPTS[0], "seed": 8, "steps": 2})
     assert other.status_code == 200 and other.content != r.content
@@ -184,6 +185,26 @@ def test_images_auto_uses_the_predicted_steps(app):
     r = _post(url, "/v1/images", {"prompt": PROMPTS[1], "seed": 1})  # steps defaults to "auto"
     assert r.status_code == 200, r.text
     assert int(r.headers[H_STEPS]) == expected[1]
+
+
+def test_image_deployment_early_stop_reports_steps_run(ray_local, tiny_model):
+    """images.early_stop reaches Serve: the step count is a budget, and each image says how many steps it ran.
+    The deployment class is driven directly (no HTTP): one more Serve app per test module would cost more than it
+    checks. A huge threshold makes every image stop at its first check after min_steps."""
+    import asyncio
+
+    from dynagen.serve import ImageGenerator
+    from dynagen.settings import load_settings
+
+    over = {"images.model": tiny_model, "images.early_stop": True, "images.early_stop_threshold": 1e9,
+            "images.early_stop_min_steps": 2, "images.early_stop_interval": 1}
+    settings, _ = load_settings(overrides=over, env={})
+    gen = ImageGenerator.func_or_class(settings.model_dump_json())
+    assert gen.unavailable is None
+    res = asyncio.run(gen._run_batch(8, [(PROMPTS[0], 1, 8), (PROMPTS[1], 2, 8)]))
+    assert [r.status for r in res] == [200, 200] and all(r.png.startswith(PNG_MAGIC) for r in res)
+    assert [(r.steps, r.ran) for r in res] == [(8, 2), (8, 2)]
+    assert res[0].headers()[H_STEPS_RUN] == "2" and res[0].to_json()["steps_run"] == 2
 
 
 def test_concurrent_images_never_mix_step_counts(app):
