@@ -96,6 +96,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--stepsaver", default=str(STEPSAVER))
     ap.add_argument("--prompts", type=int, default=None)
     ap.add_argument("--threads", type=int, default=NUM_THREADS)
+    ap.add_argument("--oracle-threshold", type=float, default=None,
+                    help="SSIM an oracle image must reach (default: the StepSaver artifact's calibration threshold, "
+                         "so the oracle is defined like StepSaver's labels; without an artifact "
+                         "pipelines.calibrate.DEFAULT_THRESHOLD)")
     ap.add_argument("--out", default=None)
     a = ap.parse_args(argv)
 
@@ -109,6 +113,11 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(a.threads)
     t_start = time.perf_counter()
+    oracle_thr = a.oracle_threshold
+    if oracle_thr is None:
+        cfg = Path(a.stepsaver) / "config.json"
+        cal = json.loads(cfg.read_text()).get("calibration", {}) if cfg.is_file() else {}
+        oracle_thr = float(cal.get("threshold", DEFAULT_THRESHOLD))
     n = a.prompts or (SMOKE_PROMPTS if a.smoke_test else N_PROMPTS)
     seeds_per_prompt = IMAGE_SEEDS[:1] if a.smoke_test else IMAGE_SEEDS
     out_path = Path(a.out or REPO / "bench" / "results" / ("early_stop_smoke.json" if a.smoke_test else "early_stop.json"))
@@ -156,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         notes.append(f"StepSaver rows skipped: no predictor at {a.stepsaver} (train it: dynagen train stepsaver)")
 
     # 4. Per-sample oracle: labels from a grid sweep (not timed), then one timed run at the labels
-    labels = oracle_steps(plain, prompts, seeds, ref, list(DEFAULT_GRID), DEFAULT_THRESHOLD, DEFAULT_REFERENCE_STEPS)
+    labels = oracle_steps(plain, prompts, seeds, ref, list(DEFAULT_GRID), oracle_thr, DEFAULT_REFERENCE_STEPS)
     record("oracle (per prompt+seed)", *run_rows(plain, prompts, seeds, labels), labels)
 
     # 5. Targets, table, JSON
@@ -171,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
             "ss_es_fewer_evals_than_ss": sse["unet_evals"] < ss["unet_evals"],
         }
     print(f"{len(base_prompts)} prompts × {len(seeds_per_prompt)} seeds, quality = mean SSIM to the "
-          f"{DEFAULT_REFERENCE_STEPS}-step image; oracle threshold SSIM ≥ {DEFAULT_THRESHOLD}; early stop threshold "
+          f"{DEFAULT_REFERENCE_STEPS}-step image; oracle threshold SSIM ≥ {oracle_thr}; early stop threshold "
           f"{es.early_stop_threshold} (interval {es.early_stop_interval}, min steps {es.early_stop_min_steps})")
     print(f"{'run':<26} {'UNet evals':>10} {'vs oracle':>9} {'images/s':>8} {'mean SSIM':>9} {'budget':>7} "
           f"{'steps run':>9} {'stopped':>7}")
@@ -187,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         {str(k): int(v) for k, v in zip(*np.unique(labels, return_counts=True))},
         "config": {"model": a.model, "guidance_scale": guidance, "prompts": len(base_prompts),
                    "image_seeds": list(seeds_per_prompt), "prompt_seed": PROMPT_SEED, "batch_size": BATCH_SIZE,
-                   "threads": a.threads, "reference_steps": DEFAULT_REFERENCE_STEPS, "oracle_threshold": DEFAULT_THRESHOLD,
+                   "threads": a.threads, "reference_steps": DEFAULT_REFERENCE_STEPS, "oracle_threshold": oracle_thr,
                    "early_stop": {"threshold": es.early_stop_threshold, "interval": es.early_stop_interval,
                                   "min_steps": es.early_stop_min_steps},
                    "smoke_test": a.smoke_test, "machine": platform.platform(), "cpus": os.cpu_count()},
