@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -36,6 +38,7 @@ class RayHead:
         self.workdir = workdir
         self.dashboard_port = free_port()
         self.proc: subprocess.Popen | None = None
+        self.ray_tmp: Path | None = None
 
     @property
     def address(self) -> str:
@@ -50,8 +53,10 @@ class RayHead:
             "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0",
             "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": TOKEN, "HF_HUB_OFFLINE": "1",
         })
-        tmp = self.workdir / "ray"
-        tmp.mkdir(parents=True, exist_ok=True)
+        # A short temp dir: Ray's dashboard modules open AF_UNIX sockets under <temp>/session_<stamp>/sockets/, and
+        # pytest's /tmp/pytest-of-root/pytest-NN/rayhead0/ray pushed dash_MetricsHead past the 107-byte limit.
+        tmp = Path(tempfile.mkdtemp(prefix="dgray-"))
+        self.ray_tmp = tmp
         # A fixed runtime-env-agent port: with port 0 the Ray client server must look the port up in GCS within 30 s,
         # and on a loaded 2-core CI runner it missed that window and took the whole head down.
         args = [
@@ -101,6 +106,8 @@ class RayHead:
         if self.proc.poll() is None:
             self.proc.wait(timeout=10)
         self.proc = None
+        if self.ray_tmp is not None:
+            shutil.rmtree(self.ray_tmp, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
