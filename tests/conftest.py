@@ -48,6 +48,28 @@ def tiny_model(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="session")
+def train_toy_stepsaver(tmp_path_factory):
+    """Trains a small StepSaver on a toy labelling rule: returns ``train(prompts, grid) -> (predictor, metrics, path)``.
+
+    Simple prompts converge fast, textured ("striped", "dotted") and multi-object ones slowly; of 3 seeds per prompt
+    one needs a bucket more (the seed spread the real labels have)."""
+    from actors.stepsaver import FitConfig, HeadConfig, train_predictor
+
+    def train(prompts: list[str], grid: list[int]):
+        texts, labels = [], []
+        for p in prompts:
+            base = (1 if ("striped" in p or "dotted" in p) else 0) + (1 if (" and " in p or "three" in p) else 0)
+            for seed in range(3):
+                texts.append(p)
+                labels.append(grid[min(len(grid) - 1, base + (seed == 2))])
+        predictor, metrics = train_predictor(texts, labels, grid, folds=3, fit=FitConfig(epochs=150),
+                                             head=HeadConfig(hidden=16), num_threads=1)
+        return predictor, metrics, predictor.save(tmp_path_factory.mktemp("stepsaver") / "art")
+
+    return train
+
+
+@pytest.fixture(scope="session")
 def s3(tmp_path_factory):
     """A real SeaweedFS S3 server on 127.0.0.1 (free ports) with one bucket, credentials in the AWS env vars."""
     from dynagen.devservers import SeaweedS3

@@ -11,15 +11,12 @@ from actors.stepsaver import (
     CONFIG_FILE,
     HEAD_FILE,
     ArtifactError,
-    FitConfig,
-    HeadConfig,
     StepPredictor,
     StepSaverActor,
     choose_risk,
     decode_steps,
     exceed_targets,
     snap_to_grid,
-    train_predictor,
     validate_prompt,
 )
 
@@ -73,19 +70,8 @@ PROMPTS = [
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    # Simple prompts converge fast, textured multi-object ones slowly; seeds spread the label by one bucket.
-    prompts, labels = [], []
-    for p in PROMPTS:
-        base = 1 if ("striped" in p or "dotted" in p) else 0
-        base += 1 if (" and " in p or "three" in p) else 0
-        for seed in range(3):
-            prompts.append(p)
-            labels.append(GRID[min(3, base + (seed == 2))])
-    predictor, metrics = train_predictor(prompts, labels, GRID, folds=3, fit=FitConfig(epochs=150),
-                                         head=HeadConfig(hidden=16), num_threads=1)
-    path = predictor.save(tmp_path_factory.mktemp("stepsaver") / "art")
-    return predictor, metrics, path
+def trained(train_toy_stepsaver):
+    return train_toy_stepsaver(PROMPTS, GRID)
 
 
 def test_round_trip_identical_predictions(trained):

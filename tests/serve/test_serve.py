@@ -83,18 +83,8 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def predictor_dir(tmp_path_factory):
-    from actors.stepsaver import FitConfig, HeadConfig, train_predictor
-
-    prompts, labels = [], []
-    for p in PROMPTS:
-        base = (1 if ("striped" in p or "dotted" in p) else 0) + (1 if (" and " in p or "three" in p) else 0)
-        for seed in range(3):
-            prompts.append(p)
-            labels.append(GRID[min(3, base + (seed == 2))])
-    predictor, _ = train_predictor(prompts, labels, GRID, folds=3, fit=FitConfig(epochs=150),
-                                   head=HeadConfig(hidden=16), num_threads=1)
-    path = predictor.save(tmp_path_factory.mktemp("stepsaver") / "art")
+def predictor_dir(train_toy_stepsaver):
+    predictor, _, path = train_toy_stepsaver(PROMPTS, GRID)
     return path, predictor.predict_steps(PROMPTS)
 
 
