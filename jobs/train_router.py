@@ -51,13 +51,13 @@ def load_labels(path: str | Path) -> dict[str, Any]:
     return t
 
 
-def embed(prompts: list[str], cache_dir: str | None, encoder=None) -> np.ndarray:
+def embed(prompts: list[str], cache_dir: str | None, encoder=None, cfg=None) -> np.ndarray:
     """MiniLM embeddings, cached by a hash of the prompts and the encoder config."""
     from dataclasses import asdict
 
     from actors.router import EncoderConfig, router_encoder
 
-    cfg = encoder.config if encoder is not None else EncoderConfig()
+    cfg = encoder.config if encoder is not None else (cfg or EncoderConfig())
     key = hashlib.sha256(json.dumps([asdict(cfg), prompts]).encode()).hexdigest()[:16]
     f = Path(cache_dir) / f"emb-{key}.npy" if cache_dir else None
     if f is not None and f.is_file():
@@ -126,7 +126,8 @@ def fit_heads(emb: np.ndarray, subject: list[str], weak: np.ndarray, strong: np.
     return {k: (v.detach().numpy() if hasattr(v, "detach") else np.asarray(v)) for k, v in tensors.items()}, subjects
 
 
-def train(data: str, out: str, seed: int = 0, cache_dir: str | None = None) -> dict[str, Any]:
+def train(data: str, out: str, seed: int = 0, cache_dir: str | None = None, layers: int | None = None,
+          max_tokens: int | None = None) -> dict[str, Any]:
     """Steps 1-5 above; returns the report also stored as config.json's ``metrics``."""
     from actors.router import (
         Calibration, EncoderConfig, HeadConfig, Heads, LearnedConfig, LearnedRouter, calibration_split, holdout_split,
@@ -141,15 +142,20 @@ def train(data: str, out: str, seed: int = 0, cache_dir: str | None = None) -> d
     val = holdout_split(prompts)
     tr = ~val
 
-    # 2. Encode.
-    emb = embed(prompts, cache_dir)
+    # 2. Encode (None = the router's EncoderConfig defaults).
+    enc_cfg = EncoderConfig()
+    if layers is not None:
+        enc_cfg.layers = layers
+    if max_tokens is not None:
+        enc_cfg.max_tokens = max_tokens
+    emb = embed(prompts, cache_dir, cfg=enc_cfg)
 
     # 3. Fit heads on training rows only.
     tensors, subjects = fit_heads(emb[tr], [t["subject"][i] for i in np.nonzero(tr)[0]], weak[tr], strong[tr], seed)
     heads_cfg = HeadConfig(subjects=subjects, blend=dict(BLEND), knn_k=KNN_K)
     # Round-trip through fp16 now, so validation scores are those of the stored artifact.
     heads = Heads({k: v.astype(np.float16) for k, v in tensors.items()}, heads_cfg)
-    config = LearnedConfig(encoder=EncoderConfig(), heads=heads_cfg, trained_on={
+    config = LearnedConfig(encoder=enc_cfg, heads=heads_cfg, trained_on={
         "data": Path(data).name, "rows": int(len(prompts)), "train_rows": int(tr.sum()), "val_rows": int(val.sum()),
         "split": "actors.router.holdout_split", "seed": seed,
     })
@@ -178,8 +184,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=str(DEFAULT_OUT))
     p.add_argument("--cache-dir")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--layers", type=int, default=None, help="encoder transformer layers used (default: the router's)")
+    p.add_argument("--max-tokens", type=int, default=None, help="prompt window in tokens (default: the router's)")
     a = p.parse_args(argv)
-    report = train(a.data, a.out, seed=a.seed, cache_dir=a.cache_dir)
+    report = train(a.data, a.out, seed=a.seed, cache_dir=a.cache_dir, layers=a.layers, max_tokens=a.max_tokens)
     print(json.dumps(report, indent=2))
     return 0
 
