@@ -26,7 +26,12 @@ def scenario():
 def pytest_terminal_summary(terminalreporter):
     if not RESULTS:
         return
-    cols = ["scenario", "prompts", "faults", "reruns", "lost", "duplicated", "orphans", "wall_s"]
+    cols = ["scenario", "prompts", "faults", "reruns", "lost", "duplicated", "orphans", "wall_s", "overhead"]
+    clean = {r["clean"]: r["wall_s"] for r in RESULTS if r.get("clean")}
+    for r in RESULTS:  # wall time over the clean run with the same destination kind (blank if it did not run)
+        base = clean.get(r.get("baseline", ""))
+        if base:
+            r["overhead"] = f"{r['wall_s'] / base:.2f}x"
     tr = terminalreporter
     tr.section("reliability scenarios")
     tr.write_line("  ".join(f"{c:>10}" if i else f"{c:<34}" for i, c in enumerate(cols)))

@@ -53,9 +53,32 @@ def n_metadata(root: Path) -> int:
     return len(list(d.glob("*.parquet"))) if d.exists() else 0
 
 
-def record(row, name, rep, faults, reruns=0):
+def record(row, name, rep, faults, reruns=0, baseline="local"):
+    """``baseline``: which clean run ("local" or "s3" destination) the summary compares this scenario's time to."""
     row.update(scenario=name, prompts=N, faults=faults, reruns=reruns, lost=len(rep.lost),
-               duplicated=len(rep.duplicated), orphans=len(rep.orphans))
+               duplicated=len(rep.duplicated), orphans=len(rep.orphans), baseline=baseline)
+
+
+# The two clean runs come first (pytest keeps file order): the closing table divides each scenario's wall time by
+# the clean run with the same kind of destination ("overhead" column).
+def test_clean_run_local_baseline(ray_local, tiny_model, tmp_path, scenario):
+    ids = make_shards(tmp_path / "in", N)
+    run(settings(tiny_model), str(tmp_path / "in"), str(tmp_path / "out"))
+    rep = audit(Storage(str(tmp_path / "out")), ids)
+    record(scenario, "clean run, local destination", rep, "none")
+    scenario["clean"] = "local"
+    assert rep.clean and rep.ok == N, rep
+
+
+def test_clean_run_s3_baseline(ray_local, tiny_model, tmp_path, own_s3, scenario):
+    ids = make_shards(tmp_path / "in", N)
+    dest = f"s3://{own_s3.bucket}/clean"
+    st = settings(tiny_model, **_creds(own_s3))
+    run(st, str(tmp_path / "in"), dest)
+    rep = audit(Storage(dest, st.storage), ids)
+    record(scenario, "clean run, S3 destination", rep, "none", baseline="s3")
+    scenario["clean"] = "s3"
+    assert rep.clean and rep.ok == N, rep
 
 
 def test_diffusion_actor_killed_mid_run(ray_local, tiny_model, tmp_path, scenario):
@@ -138,7 +161,7 @@ def test_s3_outage_mid_run_is_retried(ray_local, tiny_model, tmp_path, own_s3, s
     t.join(600)
     assert "error" not in box, box.get("error")
     rep = audit(store, ids)
-    record(scenario, "S3 down ~5 s mid-run", rep, "1 outage")
+    record(scenario, "S3 down ~5 s mid-run", rep, "1 outage", baseline="s3")
     assert rep.clean and rep.ok == N, rep
 
 
@@ -157,7 +180,7 @@ def test_s3_down_past_limit_fails_clearly_then_rerun_finishes(ray_local, tiny_mo
     own_s3.start()
     s = run(st, str(tmp_path / "in"), dest)
     rep = audit(store, ids)
-    record(scenario, "S3 down past retry limit + rerun", rep, "1 outage", reruns=1)
+    record(scenario, "S3 down past retry limit + rerun", rep, "1 outage", reruns=1, baseline="s3")
     assert rep.clean and rep.ok == N and s.skipped > 0, rep
 
 
@@ -173,5 +196,5 @@ def test_transient_s3_errors_through_fault_proxy(ray_local, tiny_model, tmp_path
         faults = f"{proxy.slowdowns}×503, {proxy.drops} drops"
         assert proxy.slowdowns > 0 and proxy.drops > 0
     rep = audit(Storage(dest, settings(tiny_model, **_creds(own_s3)).storage), ids)
-    record(scenario, "503 SlowDown + dropped connections", rep, faults)
+    record(scenario, "503 SlowDown + dropped connections", rep, faults, baseline="s3")
     assert rep.clean and rep.ok == N, rep
