@@ -285,7 +285,8 @@ def train(out_dir: str | os.PathLike = DEFAULT_MODEL_DIR, minutes: float = 40.0,
           caption_dropout: float = 0.1, ema_decay: float = 0.995, min_snr_gamma: float = 5.0,
           log_every: int = 50, threads: int = 1, fp16: bool = False, checkpoint_every_s: float = 600.0,
           init_from: str | os.PathLike | None = None, vae_from: str | os.PathLike | None = None,
-          te_lr_mult: float = 0.0, latent_cache: str | os.PathLike | None = None) -> dict:
+          te_lr_mult: float = 0.0, latent_cache: str | os.PathLike | None = None,
+          vae_init_from: str | os.PathLike | None = None) -> dict:
     """Train tiny-sd from scratch within ``minutes`` of wall time and save it with ``save_pretrained(out_dir)``.
 
     Stage 1 (``vae_fraction`` of the time): the VAE. Then ``n_images`` renders are encoded once; the latent scaling
@@ -293,6 +294,8 @@ def train(out_dir: str | os.PathLike = DEFAULT_MODEL_DIR, minutes: float = 40.0,
     min-SNR weighting, 10% empty-caption dropout (for CFG), cosine LR, EMA weights (saved).
     ``init_from``: continue from a saved tiny-sd folder (its VAE is kept frozen: no VAE stage).
     ``vae_from``: take the (trained) VAE, with its scaling factor, from a saved tiny-sd folder and skip the VAE stage.
+    ``vae_init_from``: start the VAE stage from that folder's VAE instead of random weights (the UNet still starts
+    from scratch, since a retrained VAE has a new latent space).
     ``latent_cache``: a .pt file holding the encoded dataset of that VAE (written if missing, reused if present).
     ``te_lr_mult``: text-encoder LR relative to the UNet's; 0 (default) keeps the random-init text encoder frozen.
     Trained jointly from scratch, the text encoder collapsed within a few hundred steps to a caption-independent output
@@ -324,6 +327,13 @@ def train(out_dir: str | os.PathLike = DEFAULT_MODEL_DIR, minutes: float = 40.0,
         vae_loss = float("nan")
         _log(f"VAE from {vae_from} (scaling_factor {vae.config.scaling_factor:.4f})")
     else:
+        if vae_init_from is not None:
+            from diffusers import AutoencoderKL
+
+            vae = AutoencoderKL.from_pretrained(str(vae_init_from), subfolder="vae", local_files_only=True)
+            vae.register_to_config(scaling_factor=1.0)
+            comps = dict(comps, vae=vae)
+            _log(f"VAE stage continues from {vae_init_from}")
         vae_loss = train_vae(vae, minutes * vae_fraction, seed)
     t_enc = time.time()
     if latent_cache is not None and Path(latent_cache).exists():
@@ -418,6 +428,8 @@ def train(out_dir: str | os.PathLike = DEFAULT_MODEL_DIR, minutes: float = 40.0,
         "lr": lr,
         "te_lr_mult": te_lr_mult,
         "vae_from": str(vae_from) if vae_from else None,
+        "vae_init_from": str(vae_init_from) if vae_init_from else None,
+        "vae_fraction": vae_fraction if vae_from is None and init_from is None else 0.0,
         "init_from": str(init_from) if init_from else None,
         "minutes": minutes,
         "train_seconds": round(time.time() - t_start, 1),

@@ -12,7 +12,8 @@ import os
 
 def run(out_dir: str = "models/tiny-sd", minutes: float = 40.0, seed: int = 0, n_images: int = 8_000,
         batch_size: int = 32, fp16: bool = False, threads: int = 1,
-        init_from: str | None = None, vae_from: str | None = None, latent_cache: str | None = None) -> dict:
+        init_from: str | None = None, vae_from: str | None = None, latent_cache: str | None = None,
+        vae_fraction: float = 0.2, vae_init_from: str | None = None) -> dict:
     """Train and save; returns the training summary (final_loss, unet_steps, params, size_bytes, ...).
 
     ``threads``: torch intra-op threads. 1 is the default because on a shared 2-core machine 2 threads ran ~4x
@@ -23,7 +24,7 @@ def run(out_dir: str = "models/tiny-sd", minutes: float = 40.0, seed: int = 0, n
 
     return train(out_dir, minutes=minutes, seed=seed, n_images=n_images, batch_size=batch_size, fp16=fp16,
                  threads=threads, init_from=init_from, vae_from=vae_from,
-                 latent_cache=latent_cache)
+                 latent_cache=latent_cache, vae_fraction=vae_fraction, vae_init_from=vae_init_from)
 
 
 def evaluate(model_dir: str = "models/tiny-sd", sheet: str | None = "docs/tiny-sd-contact-sheet.png",
@@ -73,11 +74,14 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--init-from", default=None, help="continue training from a saved tiny-sd folder")
     ap.add_argument("--vae-from", default=None, help="reuse the trained VAE of a saved tiny-sd folder (skip stage 1)")
     ap.add_argument("--latent-cache", default=None, help=".pt file of encoded latents for that VAE (reused if present)")
+    ap.add_argument("--vae-fraction", type=float, default=0.2, help="share of --minutes spent on the VAE stage")
+    ap.add_argument("--vae-init-from", default=None, help="start the VAE stage from a saved tiny-sd folder's VAE")
     ap.add_argument("--eval-only", action="store_true", help="only write the contact sheet + SSIM table for --out-dir")
     a = ap.parse_args(argv)
     if a.eval_only:
         return evaluate(a.out_dir, threads=a.threads)
-    info = run(a.out_dir, a.minutes, a.seed, a.n_images, a.batch_size, a.fp16, a.threads, a.init_from, a.vae_from, a.latent_cache)
+    info = run(a.out_dir, a.minutes, a.seed, a.n_images, a.batch_size, a.fp16, a.threads, a.init_from, a.vae_from, a.latent_cache,
+                   a.vae_fraction, a.vae_init_from)
     print(json.dumps({k: v for k, v in info.items() if k != "loss_history"}, indent=1))
     return info
 
