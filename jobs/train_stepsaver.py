@@ -67,10 +67,8 @@ def run(
                              "train one predictor per model/scheduler (--scheduler filters)")
     grid = list(rows[0]["steps_swept"])
     thr = float(threshold) if threshold is not None else float(rows[0]["threshold"])
-    if threshold is not None and thr > min(r["threshold"] for r in rows) and any(
-        q != q for r in rows for q in r["quality_per_step"]
-    ):  # NaN: an early-stopped curve, unknown above the threshold it was swept for
-        raise ValueError(f"cannot re-label at {thr}: curves were early-stopped at a lower threshold")
+    if threshold is not None:
+        check_relabel(rows, thr)
     labels = [
         min_steps_for(grid, r["quality_per_step"], thr, r["reference_steps"]) if threshold is not None else r["min_steps"]
         for r in rows
@@ -94,6 +92,14 @@ def run(
     )
     predictor.save(out)
     return {"out": str(out), "variance_split": provenance["variance_split"], **metrics}
+
+
+def check_relabel(rows: list[dict], threshold: float) -> None:
+    """Raise if a row cannot be re-labelled at ``threshold``: its curve was early-stopped (NaN after its label) at a
+    lower threshold, so whether a later count reaches ``threshold`` is unknown. Checked per row, so full curves (any
+    threshold) and curves early-stopped at ≥ ``threshold`` can be mixed."""
+    if any(threshold > r["threshold"] + 1e-9 and any(q != q for q in r["quality_per_step"]) for r in rows):
+        raise ValueError(f"cannot re-label at {threshold}: some curves were early-stopped at a lower threshold")
 
 
 def main(argv: list[str] | None = None) -> int:
