@@ -230,9 +230,9 @@ class EncoderConfig(minilm.EncoderConfig):
     # int8: half the CPU time of fp32 (measured 20.6 vs 41.0 ms CPU per MMLU prompt on the shared 2-core box),
     # needed for the 5 ms/prompt budget. The heads are trained on int8 embeddings, so training and serving agree.
     precision: str = "int8"
-    # The first 3 of MiniLM's 6 layers: half the cost, and better routing on the held-out MMLU split (APGR 0.764 vs
-    # 0.716 with all 6, 0.753 with 2; bench/router.py): the heads key on subject and wording, which the lower
-    # layers keep.
+    # The first 3 of MiniLM's 6 layers: half the cost, and better routing on the held-out MMLU split (validation
+    # APGR in train_router's report: 0.764 vs 0.716 with all 6, 0.753 with 2); the heads key on subject and wording,
+    # which the lower layers keep.
     layers: int = 3
     batch_size: int = 64
 
