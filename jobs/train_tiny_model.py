@@ -80,8 +80,8 @@ def main(argv: list[str] | None = None) -> dict:
     a = ap.parse_args(argv)
     if a.eval_only:
         return evaluate(a.out_dir, threads=a.threads)
-    info = run(a.out_dir, a.minutes, a.seed, a.n_images, a.batch_size, a.fp16, a.threads, a.init_from, a.vae_from, a.latent_cache,
-                   a.vae_fraction, a.vae_init_from)
+    info = run(a.out_dir, a.minutes, a.seed, a.n_images, a.batch_size, a.fp16, a.threads, a.init_from, a.vae_from,
+               a.latent_cache, vae_fraction=a.vae_fraction, vae_init_from=a.vae_init_from)
     print(json.dumps({k: v for k, v in info.items() if k != "loss_history"}, indent=1))
     return info
 

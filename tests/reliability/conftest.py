@@ -27,7 +27,7 @@ def pytest_terminal_summary(terminalreporter):
     if not RESULTS:
         return
     cols = ["scenario", "prompts", "faults", "reruns", "lost", "duplicated", "orphans", "wall_s", "overhead"]
-    clean = {r["clean"]: r["wall_s"] for r in RESULTS if r.get("clean")}
+    clean = {r.get("baseline"): r["wall_s"] for r in RESULTS if r.get("faults") == "none"}
     for r in RESULTS:  # wall time over the clean run with the same destination kind (blank if it did not run)
         base = clean.get(r.get("baseline", ""))
         if base:
