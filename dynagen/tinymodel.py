@@ -304,6 +304,8 @@ def train(out_dir: str | os.PathLike = DEFAULT_MODEL_DIR, minutes: float = 40.0,
     """
     import copy
 
+    if vae_init_from is not None and (init_from is not None or vae_from is not None):
+        raise ValueError("vae_init_from trains the VAE stage, which init_from/vae_from skip: give only one of them")
     torch.set_num_threads(threads)
     random.seed(seed)
     np.random.seed(seed)

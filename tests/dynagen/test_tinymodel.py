@@ -89,3 +89,8 @@ def test_committed_model_follows_colour_and_background_words():
         colour_ok += len(fg) > 20 and _nearest(np.median(fg, axis=0), synth.COLORS) == colour
     assert bg_ok >= 0.9 * len(pairs), (bg_ok, len(pairs))
     assert colour_ok >= 0.75 * len(pairs), (colour_ok, len(pairs))
+
+
+def test_train_refuses_vae_init_from_with_a_skipped_vae_stage(tmp_path):
+    with pytest.raises(ValueError, match="give only one"):
+        tinymodel.train(tmp_path / "m", minutes=0.01, vae_init_from="a", vae_from="b")
