@@ -1,21 +1,26 @@
-"""StepSaver benchmark: throughput and quality of predicted step counts vs fixed counts and the oracle.
+"""StepSaver frontier: mean quality vs UNet evaluations for every fixed step count, StepSaver, and the oracles.
 
-All runs happen in one process on the same machine, same held-out prompts, same seeds:
+One process, one machine, the same held-out prompts and seeds for every run:
 
-  (a) fixed 100 steps (also the quality reference)    (b) fixed 50
-  (c) the fewest fixed steps reaching StepSaver's mean quality
-  (d) StepSaver: predict, group rows by predicted steps, generate (time includes the predictor)
-  (e) oracle: each prompt's true min steps (smallest grid count with SSIM ≥ threshold vs the 100-step reference)
+1. **Sweep**: every held-out (prompt, seed) is generated at every count of the predictor's grid (batches of one
+   count). Quality = SSIM to the same-seed 100-step image (the top of the grid). This gives the fixed-count curve
+   and, per image, its quality at any grid count -- so StepSaver (whose predictions are grid counts) and the
+   oracles are read off the same images: same seed and count ⇒ the same image.
+2. **StepSaver** at several risk levels (its decoding knob: the accepted chance that a seed needs more steps):
+   mean quality and Σ UNet evaluations of its per-prompt counts.
+3. **Oracles**: per sample (each image its own fewest count reaching a threshold) and per prompt (the fewest count
+   at which every seed of the prompt passes), at several thresholds.
+4. **Headline**: StepSaver's UNet evaluations ÷ the fixed-count curve's, linearly interpolated to the same mean
+   quality (the fixed curve made monotone by a running max first). Also vs the per-sample oracle.
+5. **Timed**: StepSaver end to end (predict + step-grouped generation) vs the fixed count of equal quality, best of
+   ``--timing-rounds``; where the time goes (UNet vs text encoder + VAE + scheduler).
+6. **Real prompts** (DiffusionDB, when ``../shared`` is present): what StepSaver predicts for prompts outside the
+   world's vocabulary and what they really need on this model (swept like the rest).
 
-Quality = SSIM to the 100-step image of the same prompt and seed. Fixed counts are swept upwards as full timed runs
-until the mean quality reaches StepSaver's (that count is (c)); the oracle labels come from the same sweep (prompts
-not yet converged continue alone). Also: predictor prompts/s, under-step rate, and the prompt-vs-seed
-variance split of the calibration labels. Throughput: each timed row is re-run in interleaved rounds
-(``--timing-rounds``) and its best wall time kept, so a slow spell of a shared host does not skew one row.
-Prints a table and writes a JSON.
+Writes a JSON and a PNG plot.
 
-    python -m bench.stepsaver                 # full run (~10-20 min on 2 cores)
-    python -m bench.stepsaver --smoke-test    # 4 prompts, a minute
+    python -m bench.stepsaver                  # 200 held-out prompts + 24 real ones, ~15 min on 2 cores
+    python -m bench.stepsaver --smoke-test     # 6 prompts, a minute
 """
 
 from __future__ import annotations
@@ -31,59 +36,78 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-MODEL = REPO / "models" / "tiny-sd"
-STEPSAVER = REPO / "models" / "stepsaver"
-N_PROMPTS = 64  # held-out prompts: enough for a stable mean SSIM, keeps the full sweep ~15 min on 2 cores
-SMOKE_PROMPTS = 4
-HELDOUT_PROMPT_SEED = 90_001  # example_prompts seed never used for training prompts
-IMAGE_SEED_BASE = 50_000  # image seeds disjoint from the calibration seeds (0, 1, 2, ...)
-REFERENCE_STEPS = 100  # the task's quality reference: "mean SSIM to the 100-step image"
-BATCH_SIZE = 16  # rows per UNet batch; the image pipeline's default group window fills batches like this
-NUM_THREADS = 2  # the machine's cores; one process, no Ray (Ray overhead would blur per-run timings)
-SPEED_PROMPTS = 2_000  # predictor throughput: a batch big enough that model load and warm-up are amortised
-SPEED_REPEATS = 3  # best of 3 (median also reported): other tenants of a shared machine add noise
-TARGETS = {"vs_fixed100": 3.0, "vs_fixed50": 1.5, "evals_vs_oracle": 1.15, "predictor_prompts_per_s": 500}
+MODEL = "models/tiny-sd"
+STEPSAVER = "models/stepsaver"
+N_PROMPTS = 200  # the issue's minimum; the mean SSIM of 200 images moves < 0.001 between prompt draws
+N_REAL = 24  # DiffusionDB prompts swept too: enough to see what out-of-world prompts need, cheap
+SMOKE_PROMPTS = 6
+HELDOUT_PROMPT_SEED = 90_001  # example_prompts stream never used for calibration prompts
+IMAGE_SEED_BASE = 50_000  # image seeds disjoint from calibration's per-prompt seeds
+BATCH_SIZE = 16  # rows per UNet batch, as the image job's default window fills them
+NUM_THREADS = 2  # the machine's cores; one process, no Ray (its overhead would blur per-run timings)
+RISKS = (0.02, 0.05, 0.1, 0.2, 0.3, 0.5)
+ORACLE_THRESHOLDS = (0.98, 0.99, 0.995, 0.998)
+SPEED_PROMPTS = 2_000
+TARGETS = {"evals_vs_fixed": 0.75, "evals_vs_fixed_stretch": 0.6, "evals_vs_oracle": 1.25, "vs_fixed100": 3.0,
+           "under_step_rate": 0.10, "predictor_prompts_per_s": 500}
 DIFFUSIONDB = REPO.parent / "shared" / "data" / "prompts" / "diffusiondb-sample" / "refl_data.json"
 
 
-def heldout_prompts(n: int, exclude: set[str]) -> list[str]:
-    from dynagen.synth import example_prompts
-
-    out: list[str] = []
-    for p in example_prompts(n * 3, HELDOUT_PROMPT_SEED):
-        if p not in exclude and p not in out:
-            out.append(p)
-        if len(out) == n:
-            break
-    return out
+# 1. Pure helpers ------------------------------------------------------------------------------------------------
 
 
-def training_prompts(stepsaver: Path) -> tuple[set[str], list[dict]]:
-    """Prompts the predictor was trained on (to exclude) and the calibration rows (for the variance split)."""
-    rows: list[dict] = []
-    for f in sorted(stepsaver.glob("calibration*.parquet")):
-        from pipelines.calibrate import read_calibration
+def interp_evals(curve_q: np.ndarray, curve_e: np.ndarray, q: float) -> float:
+    """UNet evaluations a curve needs for mean quality ``q`` (linear between points; the quality is made
+    non-decreasing along the curve first). Beyond the curve's best quality: NaN."""
+    qq = np.maximum.accumulate(np.asarray(curve_q, dtype=float))
+    e = np.asarray(curve_e, dtype=float)
+    if q <= qq[0]:
+        return float(e[0])
+    if q > qq[-1] + 1e-12:
+        return float("nan")
+    k = int(np.searchsorted(qq, q, side="left"))
+    if qq[k] == qq[k - 1]:
+        return float(e[k])
+    f = (q - qq[k - 1]) / (qq[k] - qq[k - 1])
+    return float(e[k - 1] + f * (e[k] - e[k - 1]))
 
-        rows += [r for r in read_calibration(f).to_pylist() if r["status"] == "ok"]
-    return {r["prompt"] for r in rows}, rows
+
+def oracle_steps(Q: np.ndarray, grid: list[int], thr: float) -> np.ndarray:
+    """Per row the fewest grid count with quality ≥ ``thr`` (the last count if none)."""
+    ok = Q >= thr - 1e-12
+    idx = np.where(ok.any(1), ok.argmax(1), len(grid) - 1)
+    return np.asarray(grid)[idx]
+
+
+def point(Q: np.ndarray, grid: list[int], steps, evals_per_step: float) -> dict:
+    """Mean quality and UNet evaluations of running each row at its own grid count."""
+    k = np.searchsorted(np.asarray(grid), np.asarray(steps))
+    q = Q[np.arange(len(Q)), k]
+    return {"mean_ssim": float(q.mean()), "min_ssim": float(q.min()), "unet_evals": float(np.sum(steps) * evals_per_step),
+            "mean_steps": float(np.mean(steps))}
+
+
+# 2. Running the model ------------------------------------------------------------------------------------------
 
 
 class Runner:
-    """Generates prompt lists at given per-row step counts in step-grouped batches; times and counts evals."""
+    """Generates (prompt, seed) rows at per-row counts in one-count batches; counts UNet evals and UNet time."""
 
     def __init__(self, core, batch_size: int):
-        self.core, self.batch_size = core, batch_size
+        self.core, self.batch_size, self.unet_s = core, batch_size, 0.0
+        unet = core.pipe.unet
+        unet.register_forward_pre_hook(lambda m, a: setattr(self, "_t", time.perf_counter()))
+        unet.register_forward_hook(lambda m, a, o: setattr(self, "unet_s", self.unet_s + time.perf_counter() - self._t))
 
     def run(self, prompts: list[str], seeds: list[int], steps: list[int]) -> tuple[np.ndarray, dict]:
         from actors.diffusion import plan_batches
 
         images = np.zeros((len(prompts), self.core.height, self.core.width, 3), dtype=np.uint8)
-        evals0, t0, c0 = self.core.counter.evals, time.perf_counter(), time.process_time()
+        evals0, unet0, t0 = self.core.counter.evals, self.unet_s, time.perf_counter()
         for batch in plan_batches(steps, self.batch_size):
             images[batch] = self.core.generate([prompts[i] for i in batch], [seeds[i] for i in batch], steps[batch[0]])
-        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-        return images, {"wall_s": wall, "cpu_s": cpu, "unet_evals": self.core.counter.evals - evals0,
-                        "images_per_s": len(prompts) / wall, "batches": len(plan_batches(steps, self.batch_size))}
+        wall = time.perf_counter() - t0
+        return images, {"wall_s": wall, "unet_s": self.unet_s - unet0, "unet_evals": self.core.counter.evals - evals0}
 
 
 def ssim_to(images: np.ndarray, ref: np.ndarray) -> np.ndarray:
@@ -92,212 +116,282 @@ def ssim_to(images: np.ndarray, ref: np.ndarray) -> np.ndarray:
     return np.array([image_quality(a, b)[0] for a, b in zip(images, ref)])
 
 
-def predictor_speed(predictor, prompts: list[str], repeats: int = SPEED_REPEATS) -> dict:
-    predictor.predict_steps(prompts[:64])  # warm-up (allocator, thread pool)
+def heldout_prompts(n: int, exclude: set[str]) -> tuple[list[str], int]:
+    """``n`` fresh prompts of the world's mix not in the calibration set; also how many draws were excluded."""
+    from dynagen.synth import example_prompts
+
+    out, skipped = [], 0
+    for p in example_prompts(n * 20, HELDOUT_PROMPT_SEED):
+        if p in exclude or p in out:
+            skipped += 1
+            continue
+        out.append(p)
+        if len(out) == n:
+            break
+    return out, skipped
+
+
+def real_prompts(n: int) -> list[str]:
+    if not DIFFUSIONDB.is_file() or n <= 0:
+        return []
+    rows = json.loads(DIFFUSIONDB.read_text())
+    texts = [x["text"] for x in rows if isinstance(x.get("text"), str) and 0 < len(x["text"].strip()) <= 300]
+    return texts[-n:]  # the file's tail: calibration takes real prompts from its head
+
+
+def predictor_speed(predictor, prompts: list[str], repeats: int = 3) -> dict:
+    predictor.predict_steps(prompts[:64])  # warm-up
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         predictor.predict_steps(prompts)
         times.append(time.perf_counter() - t0)
-    dt = min(times)
-    return {"prompts": len(prompts), "seconds_best": dt, "seconds_all": [round(t, 3) for t in times],
-            "prompts_per_s": len(prompts) / dt, "prompts_per_s_median": len(prompts) / float(np.median(times)),
-            "ms_per_prompt": 1000 * dt / len(prompts)}
+    return {"prompts": len(prompts), "prompts_per_s": len(prompts) / min(times)}
+
+
+def plot(result: dict, path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib not installed: no plot (pip install matplotlib)", file=sys.stderr)
+        return False
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    fx = result["fixed"]
+    ax.plot([r["evals_per_image"] for r in fx], [r["mean_ssim"] for r in fx], "o-", color="gray", label="fixed steps")
+    for r in fx:
+        ax.annotate(str(r["steps"]), (r["evals_per_image"], r["mean_ssim"]), fontsize=7, xytext=(3, -9),
+                    textcoords="offset points", color="gray")
+    ss = result["stepsaver"]
+    ax.plot([r["evals_per_image"] for r in ss], [r["mean_ssim"] for r in ss], "s-", color="C0", label="StepSaver (risk levels)")
+    for key, style, label in (("oracle_sample", "^--", "oracle per sample"), ("oracle_prompt", "v:", "oracle per prompt")):
+        o = result.get(key) or []
+        if o:
+            ax.plot([r["evals_per_image"] for r in o], [r["mean_ssim"] for r in o], style, label=label)
+    ax.set_xscale("log")
+    ax.set_xlabel("UNet evaluations per image (log)")
+    ax.set_ylabel("mean SSIM to the same-seed 100-step image")
+    ax.set_ylim(max(0.85, min(r["mean_ssim"] for r in fx) - 0.01), 1.0005)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    ax.set_title(f"tiny-sd, {result['config']['prompts']} held-out prompts: quality vs compute")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    return True
+
+
+# 3. The bench --------------------------------------------------------------------------------------------------
 
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--smoke-test", action="store_true", help=f"{SMOKE_PROMPTS} prompts, small speed sample")
-    ap.add_argument("--model", default=str(MODEL))
-    ap.add_argument("--stepsaver", default=str(STEPSAVER))
+    ap.add_argument("--smoke-test", action="store_true", help=f"{SMOKE_PROMPTS} prompts, no real prompts")
+    ap.add_argument("--model", default=MODEL)
+    ap.add_argument("--stepsaver", default=STEPSAVER)
     ap.add_argument("--prompts", type=int, default=None)
-    ap.add_argument("--threads", type=int, default=NUM_THREADS, help="torch threads (1 on a busy shared machine)")
-    ap.add_argument("--timing-rounds", type=int, default=2, help="extra interleaved timed rounds (best wall kept)")
-    ap.add_argument("--predictor-threads", type=int, default=2, help="torch threads for the predictor speed test")
-    ap.add_argument("--out", default=str(REPO / "out" / "bench" / "stepsaver.json"))
+    ap.add_argument("--seeds", type=int, default=1, help="image seeds per prompt (≥ 2 for the per-prompt oracle)")
+    ap.add_argument("--real", type=int, default=N_REAL, help="DiffusionDB prompts to sweep too")
+    ap.add_argument("--threads", type=int, default=NUM_THREADS)
+    ap.add_argument("--timing-rounds", type=int, default=2)
+    ap.add_argument("--out", default="out/bench/stepsaver.json")
+    ap.add_argument("--plot", default=None, help="PNG path (default: beside --out)")
     a = ap.parse_args(argv)
 
     import torch
 
     from actors.diffusion import DiffusionCore
-    from actors.stepsaver import StepPredictor, step_metrics
-    from pipelines.calibrate import min_steps_for, variance_split
+    from actors.stepsaver import StepPredictor
+    from dynagen import synth
+    from jobs.train_stepsaver import model_fingerprint
+    from pipelines.calibrate import read_calibration
 
     torch.set_num_threads(a.threads)
     n = a.prompts or (SMOKE_PROMPTS if a.smoke_test else N_PROMPTS)
+    n_real = 0 if a.smoke_test else a.real
 
-    # 1. Predictor, held-out prompts (never in its calibration set), image seeds disjoint from calibration
-    t0 = time.perf_counter()
+    # 1. Predictor; held-out prompts (never calibrated on) and real ones; seeds disjoint from calibration
     predictor = StepPredictor.load(a.stepsaver, num_threads=a.threads)
-    load_s = time.perf_counter() - t0
     cal = predictor.config.calibration
-    train_set, cal_rows = training_prompts(Path(a.stepsaver))
-    prompts = heldout_prompts(n, train_set)
-    seeds = [IMAGE_SEED_BASE + i for i in range(n)]
     grid = predictor.grid
-    threshold = float(cal.get("threshold", 0.9))
-    scheduler = cal.get("scheduler", "ddim")
-    from jobs.train_stepsaver import model_fingerprint
-
+    train_set = set()
+    for f in sorted(Path(a.stepsaver).glob("calibration*.parquet")):
+        train_set |= set(read_calibration(f).column("prompt").to_pylist())
+    prompts, excluded = heldout_prompts(n, train_set)
+    reals = [p for p in real_prompts(n_real) if p not in train_set]
+    all_prompts = prompts + reals
+    rows_p = [p for p in all_prompts for _ in range(a.seeds)]
+    rows_s = [IMAGE_SEED_BASE + 997 * i + k for i in range(len(all_prompts)) for k in range(a.seeds)]
+    is_real = np.array([i >= len(prompts) for i in range(len(all_prompts)) for _ in range(a.seeds)])
     if cal.get("model_unet_sha256") and model_fingerprint(a.model) not in ("", cal["model_unet_sha256"]):
         print(f"WARNING: {a.model} is not the model the predictor was calibrated on (UNet hash differs)", file=sys.stderr)
+    scheduler = cal.get("scheduler", "ddim")
     core = DiffusionCore(a.model, scheduler, batch_size=BATCH_SIZE, num_threads=a.threads)
     runner = Runner(core, BATCH_SIZE)
-    core.generate(prompts[:2], seeds[:2], 2)  # warm-up: first-call allocations out of the timed runs
+    core.generate(rows_p[:2], rows_s[:2], 2)  # warm-up out of the timed runs
 
-    # 2. Fixed 100 (the quality reference) and fixed 50
-    ref, stats = runner.run(prompts, seeds, [REFERENCE_STEPS] * n)
-    fixed = {REFERENCE_STEPS: {**stats, "ssim": np.ones(n)}}
-    imgs, stats = runner.run(prompts, seeds, [50] * n)
-    fixed[50] = {**stats, "ssim": ssim_to(imgs, ref)}
+    # 2. Sweep every grid count (the top of the grid is the reference)
+    ref_steps = grid[-1]
+    t_sweep = time.perf_counter()
+    ref, ref_stats = runner.run(rows_p, rows_s, [ref_steps] * len(rows_p))
+    Q = np.ones((len(rows_p), len(grid)))
+    timing = {ref_steps: ref_stats}
+    for k, g in enumerate(grid[:-1]):
+        imgs, timing[g] = runner.run(rows_p, rows_s, [g] * len(rows_p))
+        Q[:, k] = ssim_to(imgs, ref)
+        print(f"[bench] fixed {g:3d}: mean SSIM {Q[~is_real, k].mean():.4f} · {time.perf_counter() - t_sweep:.0f}s",
+              flush=True)
+    sweep_evals = sum(t["unet_evals"] for t in timing.values())
+    evals_per_step = sweep_evals / (len(rows_p) * sum(grid))  # 2 with classifier-free guidance
+    unet_share = sum(t["unet_s"] for t in timing.values()) / sum(t["wall_s"] for t in timing.values())
 
-    # 3. StepSaver: predict (timed with the run), group by predicted steps, generate
-    t0, c0 = time.perf_counter(), time.process_time()
-    pred = predictor.predict_steps(prompts)
-    pred_s, pred_cpu = time.perf_counter() - t0, time.process_time() - c0
-    imgs, ss = runner.run(prompts, seeds, pred)
-    ss.update(wall_s=ss["wall_s"] + pred_s, cpu_s=ss["cpu_s"] + pred_cpu, predictor_s=pred_s)
-    ss["images_per_s"] = n / ss["wall_s"]
-    ss["ssim"] = ssim_to(imgs, ref)
-    target_q = float(ss["ssim"].mean())
+    W = ~is_real  # the world's held-out rows: the frontier is measured on these
+    Qw, pw = Q[W], [p for p, r in zip(rows_p, is_real) if not r]
 
-    # 4. Ascending sweep over the grid: full timed runs until the mean quality reaches StepSaver's (that count is
-    #    (c)); past it only prompts that have not converged yet run (untimed) to finish the oracle labels.
-    counts = sorted({g for g in grid if g < REFERENCE_STEPS} | {50})
-    curves = np.full((n, len(counts)), np.nan)
-    best_fixed = None
-    for k, g in enumerate(counts):
-        todo = list(range(n)) if best_fixed is None else [
-            i for i in range(n) if not np.any(curves[i, :k] >= threshold)]
-        if not todo:
-            break
-        if g in fixed and len(todo) == n:
-            q = fixed[g]["ssim"]
-        else:
-            imgs, stats = runner.run([prompts[i] for i in todo], [seeds[i] for i in todo], [g] * len(todo))
-            q = ssim_to(imgs, ref[todo])
-            if len(todo) == n:
-                fixed[g] = {**stats, "ssim": q}
-        curves[todo, k] = q
-        if best_fixed is None and len(todo) == n and q.mean() >= target_q - 1e-9:
-            best_fixed = g
-    best_fixed = best_fixed or REFERENCE_STEPS
-    oracle_steps = [min_steps_for(counts, curves[i], threshold, REFERENCE_STEPS) for i in range(n)]
-    counts = counts + [REFERENCE_STEPS]
+    # 3. Fixed curve, StepSaver at each risk, oracles
+    fixed = [{"steps": g, "evals_per_image": g * evals_per_step, **point(Qw, grid, [g] * len(Qw), evals_per_step)}
+             for g in grid]
+    fq, fe = np.array([r["mean_ssim"] for r in fixed]), np.array([r["unet_evals"] for r in fixed])
+    uniq = list(dict.fromkeys(pw))
+    risks = sorted(set(RISKS) | {predictor.config.risk})
+    stepsaver = []
+    for r in risks:
+        pred = dict(zip(uniq, predictor.predict_steps(uniq, risk=r)))
+        steps = np.array([pred[p] for p in pw])
+        pt = point(Qw, grid, steps, evals_per_step)
+        pt.update(risk=r, evals_per_image=pt["unet_evals"] / len(Qw), trained_risk=r == predictor.config.risk,
+                  evals_vs_fixed_same_quality=pt["unet_evals"] / interp_evals(fq, fe, pt["mean_ssim"]),
+                  steps_histogram={str(g): int(np.sum(steps == g)) for g in grid if np.any(steps == g)})
+        stepsaver.append(pt)
+    oracle_sample, oracle_prompt = [], []
+    for thr in ORACLE_THRESHOLDS:
+        st = oracle_steps(Qw, grid, thr)
+        oracle_sample.append({"threshold": thr, **point(Qw, grid, st, evals_per_step)})
+        if a.seeds > 1:  # per prompt: the fewest count at which every seed of the prompt passes
+            per = {}
+            for p, s in zip(pw, st):
+                per[p] = max(per.get(p, 0), int(s))
+            oracle_prompt.append({"threshold": thr, **point(Qw, grid, [per[p] for p in pw], evals_per_step)})
+    for o in oracle_sample + oracle_prompt:
+        o["evals_per_image"] = o["unet_evals"] / len(Qw)
+    oq, oe = np.array([o["mean_ssim"] for o in oracle_sample]), np.array([o["unet_evals"] for o in oracle_sample])
+    for pt in stepsaver:
+        pt["evals_vs_oracle_same_quality"] = pt["unet_evals"] / interp_evals(oq, oe, pt["mean_ssim"])
 
-    # 5. Oracle
-    imgs, orc = runner.run(prompts, seeds, oracle_steps)
-    orc["ssim"] = ssim_to(imgs, ref)
+    main_pt = next(p for p in stepsaver if p["trained_risk"])
+    thr = float(cal.get("threshold", 0.995))
+    label = oracle_steps(Qw, grid, thr)
+    pred_main = np.array([dict(zip(uniq, predictor.predict_steps(uniq)))[p] for p in pw])
+    under = float(np.mean(pred_main < label))
+    q50 = next(r["mean_ssim"] for r in fixed if r["steps"] == 50)
+    at50 = [p for p in stepsaver if p["mean_ssim"] >= q50 - 1e-12]
+    best_at50 = min(at50, key=lambda p: p["unet_evals"]) if at50 else None
+    fixed100 = next(r for r in fixed if r["steps"] == ref_steps)
 
-    # 5b. Timing rounds: the host's speed drifts (a shared VM ran one pass 4× slower than the next), so every timed
-    #     row is re-run in interleaved rounds and its best wall time kept; the first pass counts as a round.
-    plans = {"fixed_100": [REFERENCE_STEPS] * n, "fixed_50": [50] * n, "fixed_best": [best_fixed] * n,
-             "stepsaver": None, "oracle": oracle_steps}
-    rows = {"fixed_100": fixed[REFERENCE_STEPS], "fixed_50": fixed[50], "fixed_best": fixed[best_fixed],
-            "stepsaver": ss, "oracle": orc}
-    for r in rows.values():
-        r["wall_all"] = [round(r["wall_s"], 2)]
-    for _ in range(a.timing_rounds):
-        for name, steps in plans.items():
-            t0 = time.perf_counter()
-            if steps is None:  # StepSaver's time includes its prediction
-                steps = predictor.predict_steps(prompts)
-            _, st = runner.run(prompts, seeds, steps)
-            r, wall = rows[name], time.perf_counter() - t0
-            r["wall_all"].append(round(wall, 2))
-            if wall < r["wall_s"]:
-                r.update(wall_s=wall, cpu_s=st["cpu_s"], images_per_s=n / wall)
+    # Per prompt class: predicted vs needed steps (at the calibration threshold)
+    classes = {}
+    for c in ("flat", "fine", "many", "vague"):
+        m = np.array([synth.prompt_class(p) == c for p in pw])
+        if m.any():
+            classes[c] = {"rows": int(m.sum()), "mean_predicted": float(pred_main[m].mean()),
+                          "mean_needed": float(label[m].mean()), "under_step_rate": float(np.mean(pred_main[m] < label[m]))}
 
-    # 6. Predictor speed (synthetic captions, and real DiffusionDB prompts if present) and the label variance split
-    from dynagen.synth import example_prompts
+    # 4. Real prompts: what StepSaver says vs what they need
+    real = {}
+    if is_real.any():
+        rp = [p for p, r in zip(rows_p, is_real) if r]
+        need = oracle_steps(Q[is_real], grid, thr)
+        got = np.array(predictor.predict_steps(rp))
+        real = {"rows": int(is_real.sum()), "mean_predicted": float(got.mean()), "mean_needed": float(need.mean()),
+                "median_needed": float(np.median(need)), "under_step_rate": float(np.mean(got < need)),
+                "predicted_histogram": {str(g): int(np.sum(got == g)) for g in grid if np.any(got == g)}}
+    if DIFFUSIONDB.is_file() and not a.smoke_test:
+        many_real = real_prompts(2_000)
+        got = np.array(predictor.predict_steps(many_real))
+        real["diffusiondb_2000_predicted_mean"] = float(got.mean())
+        real["diffusiondb_2000_predicted_histogram"] = {str(g): int(np.sum(got == g)) for g in grid if np.any(got == g)}
 
-    speed_n = 256 if a.smoke_test else SPEED_PROMPTS
-    torch.set_num_threads(a.predictor_threads)  # the ≥ 500 prompts/s target is for 2 cores
-    speed = {"synth": predictor_speed(predictor, example_prompts(speed_n, 4242))}
-    if DIFFUSIONDB.is_file():
-        real = [x["text"] for x in json.loads(DIFFUSIONDB.read_text())[-speed_n:] if isinstance(x.get("text"), str) and x["text"].strip()]
-        speed["diffusiondb"] = predictor_speed(predictor, real)
-    # Labels at the threshold the predictor was trained with (training may re-label the stored curves).
-    cal_labels = [min_steps_for(r["steps_swept"], r["quality_per_step"], threshold, r["reference_steps"]) for r in cal_rows]
-    vsplit = variance_split([r["prompt"] for r in cal_rows], cal_labels) if cal_rows else {}
+    # 5. Timed end to end: StepSaver (predict + grouped generation) vs the fixed count of equal quality
+    eq_fixed = next((r["steps"] for r in fixed if r["mean_ssim"] >= main_pt["mean_ssim"] - 1e-12), ref_steps)
+    wp = [p for p, r in zip(rows_p, is_real) if not r]
+    ws = [s for s, r in zip(rows_s, is_real) if not r]
+    walls = {"stepsaver": [], f"fixed_{eq_fixed}": []}
+    for _ in range(max(1, a.timing_rounds)):
+        t0 = time.perf_counter()
+        steps = predictor.predict_steps(wp)
+        runner.run(wp, ws, steps)
+        walls["stepsaver"].append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        runner.run(wp, ws, [eq_fixed] * len(wp))
+        walls[f"fixed_{eq_fixed}"].append(time.perf_counter() - t0)
+    timed = {k: {"best_wall_s": round(min(v), 2), "images_per_s": round(len(wp) / min(v), 3),
+                 "all_s": [round(x, 2) for x in v]} for k, v in walls.items()}
 
-    # 7. Report
-    runs = {
-        "fixed_100": fixed[REFERENCE_STEPS], "fixed_50": fixed[50], f"fixed_best_{best_fixed}": fixed[best_fixed],
-        "stepsaver": ss, "oracle": orc,
-    }
-    table = {}
-    for name, r in runs.items():
-        table[name] = {
-            "images_per_s": round(r["images_per_s"], 3), "wall_s": round(r["wall_s"], 2), "cpu_s": round(r["cpu_s"], 2),
-            "wall_s_all_rounds": r["wall_all"],
-            "unet_evals": int(r["unet_evals"]), "mean_ssim": round(float(np.mean(r["ssim"])), 4),
-            "min_ssim": round(float(np.min(r["ssim"])), 4),
-            # StepSaver's own criterion: share of images within the calibration threshold of the reference
-            "share_ge_threshold": round(float(np.mean(r["ssim"] >= threshold - 1e-9)), 4),
-        }
-    base100, base50 = table["fixed_100"], table["fixed_50"]
-    s = table["stepsaver"]
-    acc = step_metrics(pred, oracle_steps, counts)
-    checks = {
-        "throughput_vs_fixed100": round(s["images_per_s"] / base100["images_per_s"], 3),
-        "throughput_vs_fixed50": round(s["images_per_s"] / base50["images_per_s"], 3),
-        "evals_vs_fixed100": round(base100["unet_evals"] / s["unet_evals"], 3),
-        "evals_vs_fixed50": round(base50["unet_evals"] / s["unet_evals"], 3),
-        "quality_ge_fixed50": s["mean_ssim"] >= base50["mean_ssim"],
-        "evals_vs_oracle": round(s["unet_evals"] / table["oracle"]["unet_evals"], 3),
-        "evals_beat_best_fixed": s["unet_evals"] < table[f"fixed_best_{best_fixed}"]["unet_evals"],
-        "predictor_prompts_per_s": round(speed["synth"]["prompts_per_s"], 1),
-    }
+    speed = predictor_speed(predictor, synth.example_prompts(256 if a.smoke_test else SPEED_PROMPTS, 4242))
+
+    # 6. Report
+    headline = main_pt["evals_vs_fixed_same_quality"]
     met = {
-        "3x_fixed100": checks["throughput_vs_fixed100"] >= TARGETS["vs_fixed100"],
-        "1.5x_fixed50": checks["throughput_vs_fixed50"] >= TARGETS["vs_fixed50"],
-        "quality_ge_fixed50": checks["quality_ge_fixed50"],
-        "evals_le_1.15x_oracle": checks["evals_vs_oracle"] <= TARGETS["evals_vs_oracle"],
-        "evals_beat_best_fixed": checks["evals_beat_best_fixed"],
-        "predictor_500_per_s": checks["predictor_prompts_per_s"] >= TARGETS["predictor_prompts_per_s"],
+        "evals_le_0.75x_fixed_same_quality": headline <= TARGETS["evals_vs_fixed"],
+        "evals_le_0.6x_fixed_stretch": headline <= TARGETS["evals_vs_fixed_stretch"],
+        "evals_le_1.25x_oracle_sample": main_pt["evals_vs_oracle_same_quality"] <= TARGETS["evals_vs_oracle"],
+        "3x_fewer_than_fixed100_at_fixed50_quality": bool(best_at50)
+        and fixed100["unet_evals"] / best_at50["unet_evals"] >= TARGETS["vs_fixed100"],
+        "under_step_le_10pct": under <= TARGETS["under_step_rate"],
+        "predictor_500_per_s": speed["prompts_per_s"] >= TARGETS["predictor_prompts_per_s"],
     }
     result = {
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch_threads": a.threads, "predictor_threads": a.predictor_threads,
-                    "loadavg_at_end": os.getloadavg()},
-        "config": {"model": str(a.model), "stepsaver": str(a.stepsaver), "scheduler": scheduler, "prompts": n,
-                   "batch_size": BATCH_SIZE, "threshold": threshold, "reference_steps": REFERENCE_STEPS, "grid": grid,
-                   "risk": predictor.config.risk, "guidance_scale": core.guidance_scale, "smoke_test": a.smoke_test},
-        "runs": table,
-        "best_fixed_steps": best_fixed,
-        "fixed_sweep_mean_ssim": {str(g): round(float(fixed[g]["ssim"].mean()), 4) for g in sorted(fixed)},
-        "fixed_sweep_images_per_s": {str(g): round(fixed[g]["images_per_s"], 3) for g in sorted(fixed)},
-        "predicted_steps_histogram": {str(g): int(sum(p == g for p in pred)) for g in grid},
-        "oracle_steps_histogram": {str(g): int(sum(p == g for p in oracle_steps)) for g in counts},
-        "prediction_vs_oracle": acc,
-        "predictor": {"load_s": round(load_s, 2), "in_run_s": round(pred_s, 4), **speed},
-        "calibration_variance_split": vsplit,
-        "checks": checks,
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch_threads": a.threads},
+        "config": {"model": Path(a.model).name, "model_unet_sha256": model_fingerprint(a.model),
+                   "stepsaver": Path(a.stepsaver).name, "scheduler": scheduler, "prompts": len(prompts),
+                   "seeds": a.seeds, "real_prompts": len(reals), "heldout_draws_excluded_as_seen": excluded,
+                   "grid": grid, "reference_steps": ref_steps, "calibration_threshold": thr,
+                   "trained_risk": predictor.config.risk, "batch_size": BATCH_SIZE, "smoke_test": a.smoke_test},
+        "fixed": fixed, "stepsaver": stepsaver, "oracle_sample": oracle_sample, "oracle_prompt": oracle_prompt,
+        "headline": {"stepsaver_evals_vs_fixed_same_quality": headline,
+                     "stepsaver_evals_vs_oracle_sample_same_quality": main_pt["evals_vs_oracle_same_quality"],
+                     "fixed100_evals_over_best_stepsaver_at_fixed50_quality":
+                         fixed100["unet_evals"] / best_at50["unet_evals"] if best_at50 else None,
+                     "fixed50_mean_ssim": q50, "under_step_rate": under},
+        "classes": classes, "real_prompts": real, "timed": timed,
+        "time_split": {"unet_share_of_generation_wall": unet_share, "evals_per_sample_step": evals_per_step,
+                       "sweep_wall_s": round(sum(t["wall_s"] for t in timing.values()), 1)},
+        "predictor_prompts_per_s": speed["prompts_per_s"],
         "targets_met": met,
     }
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2, default=float) + "\n")
+    out.write_text(json.dumps(result, indent=1, default=float) + "\n")
+    png = Path(a.plot) if a.plot else out.with_suffix(".png")
+    plotted = plot(result, png)
 
-    print(f"\nStepSaver bench · {n} held-out prompts · {scheduler} · threshold {threshold} · risk {predictor.config.risk}")
-    print(f"{'run':<16}{'images/s':>10}{'wall s':>9}{'UNet evals':>12}{'mean SSIM':>11}{'min SSIM':>10}{'≥thr':>7}")
-    for name, r in table.items():
-        print(f"{name:<16}{r['images_per_s']:>10.2f}{r['wall_s']:>9.1f}{r['unet_evals']:>12}{r['mean_ssim']:>11.4f}"
-              f"{r['min_ssim']:>10.4f}{100 * r['share_ge_threshold']:>6.0f}%")
-    sp = speed["synth"]
-    print(f"predictor: {sp['prompts_per_s']:.0f} prompts/s ({sp['ms_per_prompt']:.2f} ms/prompt, synth)"
-          + (f", {speed['diffusiondb']['prompts_per_s']:.0f} prompts/s (DiffusionDB)" if "diffusiondb" in speed else "")
-          + f"; load {load_s:.1f}s")
-    print(f"under-stepped (pred < oracle): {100 * acc['under_step_rate']:.1f}% · exact {100 * acc['exact']:.0f}% · "
-          f"within one bucket {100 * acc['within_one_bucket']:.0f}% · mean steps pred {acc['mean_pred_steps']:.1f} "
-          f"vs oracle {acc['mean_true_steps']:.1f}")
-    if vsplit:
-        print(f"calibration min_steps variance: {100 * vsplit['prompt_share']:.0f}% between prompts, "
-              f"{100 * vsplit['seed_share']:.0f}% between seeds ({vsplit['prompts']} prompts, {vsplit['rows']} rows)")
-    print("checks: " + ", ".join(f"{k}={v}" for k, v in checks.items()))
+    print(f"\nStepSaver frontier · {len(prompts)} held-out prompts × {a.seeds} seed(s) · {scheduler} · "
+          f"quality = SSIM to the {ref_steps}-step image")
+    print(f"{'run':<26}{'mean steps':>11}{'evals/img':>10}{'mean SSIM':>11}{'min SSIM':>10}{'vs fixed':>10}")
+    for r in fixed:
+        print(f"{'fixed ' + str(r['steps']):<26}{r['mean_steps']:>11.1f}{r['evals_per_image']:>10.1f}"
+              f"{r['mean_ssim']:>11.4f}{r['min_ssim']:>10.4f}")
+    for r in stepsaver:
+        name = f"StepSaver risk {r['risk']}" + (" *" if r["trained_risk"] else "")
+        print(f"{name:<26}{r['mean_steps']:>11.1f}{r['evals_per_image']:>10.1f}{r['mean_ssim']:>11.4f}"
+              f"{r['min_ssim']:>10.4f}{r['evals_vs_fixed_same_quality']:>9.2f}×")
+    for key, rows in (("oracle/sample", oracle_sample), ("oracle/prompt", oracle_prompt)):
+        for r in rows:
+            print(f"{key + ' ' + str(r['threshold']):<26}{r['mean_steps']:>11.1f}{r['evals_per_image']:>10.1f}"
+                  f"{r['mean_ssim']:>11.4f}{r['min_ssim']:>10.4f}{r['unet_evals'] / interp_evals(fq, fe, r['mean_ssim']):>9.2f}×")
+    print("per class (predicted / needed steps, under-stepped): " + "; ".join(
+        f"{c} {v['mean_predicted']:.1f}/{v['mean_needed']:.1f} {100 * v['under_step_rate']:.0f}%" for c, v in classes.items()))
+    if real:
+        print(f"real prompts: {real.get('rows', 0)} swept, predicted {real.get('mean_predicted', float('nan')):.1f} vs needed "
+              f"{real.get('mean_needed', float('nan')):.1f} mean steps")
+    print(f"timed: " + ", ".join(f"{k} {v['images_per_s']:.2f} img/s" for k, v in timed.items())
+          + f" · UNet share of generation time {100 * unet_share:.0f}%")
+    print(f"predictor: {speed['prompts_per_s']:.0f} prompts/s · held-out under-step rate {100 * under:.1f}%")
     print("targets met: " + ", ".join(f"{k}={'yes' if v else 'NO'}" for k, v in met.items()))
-    print(f"wrote {out}")
+    print(f"wrote {out}" + (f" and {png}" if plotted else ""))
     return 0
 
 

@@ -508,6 +508,19 @@ def contact_sheet(pipe, prompts: list[str], path: str | os.PathLike, steps: int 
     sheet.save(path)
 
 
+def position_of(image: np.ndarray, background: str) -> str:
+    """The named position (synth.POSITIONS) nearest the centroid of the pixels that are not the background."""
+    from dynagen import synth
+
+    im = np.asarray(image, dtype=float)
+    fg = np.linalg.norm(im - np.asarray(synth.BACKGROUNDS[background], dtype=float), axis=-1) > 60
+    if fg.sum() < 5:
+        return "none"
+    ys, xs = np.nonzero(fg)
+    cx, cy = xs.mean() / im.shape[1], ys.mean() / im.shape[0]
+    return min(synth.POSITIONS, key=lambda k: (synth.POSITIONS[k][0] - cx) ** 2 + (synth.POSITIONS[k][1] - cy) ** 2)
+
+
 def convergence_table(pipe, prompts: list[str], steps=(4, 8, 12, 16, 20, 30, 50, 75, 100), ref_steps: int = 200,
                       seed: int = 0, guidance_scale: float = DEFAULT_GUIDANCE_SCALE, scheduler: str = "ddim") -> dict:
     """Per-prompt SSIM between the N-step image and the ``ref_steps`` image (same seed). Returns {N: [ssim...]}."""
