@@ -284,7 +284,8 @@ def main(argv: list[str] | None = None) -> int:
     main_pt = next(p for p in stepsaver if p["trained_risk"])
     thr = float(cal.get("threshold", 0.995))
     label = oracle_steps(Qw, grid, thr)
-    pred_main = np.array([dict(zip(uniq, predictor.predict_steps(uniq)))[p] for p in pw])
+    main_pred = dict(zip(uniq, predictor.predict_steps(uniq)))
+    pred_main = np.array([main_pred[p] for p in pw])
     under = float(np.mean(pred_main < label))
     q50 = next(r["mean_ssim"] for r in fixed if r["steps"] == 50)
     at50 = [p for p in stepsaver if p["mean_ssim"] >= q50 - 1e-12]
