@@ -41,11 +41,8 @@ TARGETS = {"ss_es_evals_vs_oracle": 1.15}
 
 
 def default_model() -> str:
-    """models/tiny-sd once the lead has placed it there; until then the training run's output."""
-    for p in (REPO / "models" / "tiny-sd", Path("/tmp/tinysd_run/tiny-sd")):
-        if (p / "model_index.json").is_file():
-            return str(p)
-    return str(REPO / "models" / "tiny-sd")
+    """The embedded model, relative to the repository (so outputs record no machine path)."""
+    return "models/tiny-sd"
 
 
 def run_rows(core, prompts: list[str], seeds: list[int], steps: list[int]) -> tuple[np.ndarray, dict]:
@@ -104,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
 
     import torch
+
+    from jobs.train_stepsaver import model_fingerprint
 
     from actors.diffusion import DiffusionCore, model_defaults
     from dynagen.settings import ImageSettings
@@ -194,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "rows": rows, "targets": targets, "notes": notes, "oracle_steps_histogram":
         {str(k): int(v) for k, v in zip(*np.unique(labels, return_counts=True))},
-        "config": {"model": a.model, "guidance_scale": guidance, "prompts": len(base_prompts),
+        "config": {"model": Path(a.model).name, "model_unet_sha256": model_fingerprint(a.model), "guidance_scale": guidance, "prompts": len(base_prompts),
                    "image_seeds": list(seeds_per_prompt), "prompt_seed": PROMPT_SEED, "batch_size": BATCH_SIZE,
                    "threads": a.threads, "reference_steps": DEFAULT_REFERENCE_STEPS, "oracle_threshold": oracle_thr,
                    "early_stop": {"threshold": es.early_stop_threshold, "interval": es.early_stop_interval,

@@ -32,16 +32,16 @@ CANDIDATES = (0.0, 0.3, 0.4, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.9, 1.0, 1.2
 
 
 def default_model() -> str:
-    """models/tiny-sd once the lead has placed it there; until then the training run's output."""
-    for p in (REPO / "models" / "tiny-sd", Path("/tmp/tinysd_run/tiny-sd")):
-        if (p / "model_index.json").is_file():
-            return str(p)
-    return str(REPO / "models" / "tiny-sd")
+    """The embedded model, relative to the repository (so outputs record no machine path)."""
+    return "models/tiny-sd"
 
 
 def main(argv: list[str] | None = None) -> int:
     import torch
+
     from skimage.metrics import structural_similarity
+
+    from jobs.train_stepsaver import model_fingerprint
 
     from actors.diffusion import DiffusionCore, model_defaults
     from actors.early_stop import DEFAULT_INTERVAL, DEFAULT_MIN_STEPS, EarlyStopConfig, EarlyStopSampler, first_stop
@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{'yes' if row['keeps_fixed_quality'] else 'no'}")
     print(f"chosen threshold: {chosen}")
     result = {
-        "model": a.model, "guidance_scale": guidance, "prompt_seed": PROMPT_SEED, "image_seeds": seeds,
+        "model": Path(a.model).name, "model_unet_sha256": model_fingerprint(a.model), "guidance_scale": guidance, "prompt_seed": PROMPT_SEED, "image_seeds": seeds,
         "prompts": len(prompts), "budget": a.budget, "reference_steps": a.reference_steps, "interval": a.interval,
         "min_steps": a.min_steps, "fixed_budget_mean_ssim": round(fixed_q, 5), "table": table,
         "chosen_threshold": chosen, "wall_s": round(time.perf_counter() - t0, 1), "smoke_test": a.smoke_test,
