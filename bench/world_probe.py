@@ -22,9 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
 CLASSES = ("flat", "fine", "many", "vague")
-GRID = (4, 6, 8, 10, 12, 15, 20, 25, 30, 40, 50, 75, 100)
 REFERENCE_STEPS = 100
 PROMPT_SEED = 70_001  # example_prompts seed: a stream the calibration (seed 0, 1, ...) does not draw from
 CRITERIA = [("ssim", 0.98), ("ssim", 0.99), ("ssim", 0.995), ("ssim_lowres", 0.99), ("ssim_lowres", 0.995)]
@@ -60,6 +58,7 @@ def table(records, criteria=CRITERIA) -> dict:
                 per_class[c] = {"mean": round(float(np.mean(v)), 1), "median": float(np.median(v)), "rows": len(v)}
         vs = variance_split(prompts, labels)
         out[f"{metric}>={thr}"] = {"classes": per_class, "prompt_share": round(vs["prompt_share"], 3),
+                                   "prompt_share_unbiased": round(vs["prompt_share_unbiased"], 3),
                                    "mean_steps": round(float(np.mean(labels)), 1)}
     curves = np.array([r.quality_per_step for r in records])
     out["mean_ssim_per_step"] = {str(g): round(float(q), 4) for g, q in zip(records[0].steps_swept, curves.mean(0))}
@@ -79,11 +78,11 @@ def main(argv: list[str] | None = None) -> int:
     if a.smoke_test:
         a.per_class, a.seeds = 1, 1
 
-    from pipelines.calibrate import CalibrationCore, prompt_seed
+    from pipelines.calibrate import DEFAULT_GRID, CalibrationCore, prompt_seed
 
     prompts = probe_prompts(a.per_class)
     rows = [(p, prompt_seed(p, k)) for p in prompts for k in range(a.seeds)]
-    core = CalibrationCore(a.model, grid=GRID, reference_steps=REFERENCE_STEPS, threshold=0.995, batch_size=48,
+    core = CalibrationCore(a.model, grid=DEFAULT_GRID, reference_steps=REFERENCE_STEPS, threshold=0.995, batch_size=48,
                            num_threads=a.threads)
     t0 = time.perf_counter()
     records = []

@@ -135,7 +135,8 @@ def variance_split(prompts: Sequence[str], values: Sequence[float]) -> dict[str,
 
     One-way decomposition: total = between-prompt (spread of prompt means, weighted by rows) + within-prompt
     (spread over seeds around each prompt's mean). ``prompt_share`` = between / total: the part a prompt-only
-    predictor can at best capture; ``seed_share`` = within / total. Also the per-prompt mean seed std.
+    predictor can at best capture; ``seed_share`` = within / total; ``prompt_share_unbiased`` corrects the one-way
+    split for the few seeds per prompt (see below). Also the per-prompt mean seed std.
     """
     v = np.asarray(values, dtype=np.float64)
     if len(v) == 0:
@@ -149,6 +150,15 @@ def variance_split(prompts: Sequence[str], values: Sequence[float]) -> dict[str,
     between = float(sum(len(g) * (np.mean(g) - mean) ** 2 for g in groups.values()) / len(v))
     within = float(sum(np.sum((np.asarray(g) - np.mean(g)) ** 2) for g in groups.values()) / len(v))
     share = between / total if total > 0 else float("nan")
+    # With k seeds per prompt the one-way split counts 1/k of the seed noise as "between prompts" (k = 2: half of
+    # it). The ANOVA estimate removes that bias: σ²_seed = within · k/(k-1), σ²_prompt = between − σ²_seed/k.
+    k = len(v) / len(groups)
+    if k > 1 and total > 0:
+        seed_var = within * k / (k - 1)
+        prompt_var = max(0.0, between - seed_var / k)
+        unbiased = prompt_var / (prompt_var + seed_var) if prompt_var + seed_var > 0 else float("nan")
+    else:
+        unbiased = float("nan")
     return {
         "rows": int(len(v)),
         "prompts": len(groups),
@@ -157,6 +167,7 @@ def variance_split(prompts: Sequence[str], values: Sequence[float]) -> dict[str,
         "within_prompt_var": within,
         "prompt_share": share,
         "seed_share": 1.0 - share if total > 0 else float("nan"),
+        "prompt_share_unbiased": unbiased,
         "mean_within_prompt_std": float(np.mean([np.std(g) for g in groups.values()])),
     }
 

@@ -80,7 +80,8 @@ def calibrate(
     typer.echo("min_steps histogram: " + ", ".join(f"{k}:{v}" for k, v in s["min_steps_histogram"].items()))
     vs = s["variance_split"]
     typer.echo(f"variance of min_steps: {100 * vs['prompt_share']:.0f}% between prompts, "
-               f"{100 * vs['seed_share']:.0f}% between seeds of one prompt")
+               f"{100 * vs['seed_share']:.0f}% between seeds of one prompt (one-way); the prompt's share corrected "
+               f"for few seeds per prompt: {100 * vs['prompt_share_unbiased']:.0f}%")
     if s["failed"]:
         raise typer.Exit(1)
 

@@ -74,6 +74,18 @@ def test_variance_split():
     assert math.isnan(variance_split(["a", "b"], [5, 5])["prompt_share"])  # no spread at all
 
 
+def test_variance_split_unbiased_share_removes_the_few_seeds_bias():
+    # pure seed noise, 2 seeds per prompt: the one-way split calls about half of it "prompt", the ANOVA estimate ~0
+    rng = np.random.default_rng(0)
+    prompts = [f"p{i}" for i in range(2000) for _ in range(2)]
+    noise = variance_split(prompts, rng.normal(20, 5, len(prompts)))
+    assert 0.4 < noise["prompt_share"] < 0.6 and noise["prompt_share_unbiased"] < 0.05
+    # prompt effect (sd 5) plus equal seed noise (sd 5): the true share is 0.5
+    means = rng.normal(20, 5, 2000)
+    mixed = variance_split(prompts, np.repeat(means, 2) + rng.normal(0, 5, len(prompts)))
+    assert mixed["prompt_share_unbiased"] == pytest.approx(0.5, abs=0.05) and mixed["prompt_share"] > 0.6
+
+
 # 2. The core, each scheduler ---------------------------------------------------------------------------------
 
 
