@@ -470,15 +470,17 @@ def generate(pipe, prompts: list[str], steps: int, seed: int = 0, guidance_scale
 
 def contact_sheet(pipe, prompts: list[str], path: str | os.PathLike, steps: int = 50, seed: int = 0,
                   guidance_scale: float = DEFAULT_GUIDANCE_SCALE, cols: int = 4, scale: int = 3,
-                  with_reference: bool = True, references: list | None = None) -> None:
-    """Save a grid: per prompt the generated image (and the rendered ground truth for reference) + caption."""
+                  with_reference: bool = True, references: list | None = None, images: list | None = None) -> None:
+    """Save a grid: per prompt the generated image (and the rendered ground truth for reference) + caption.
+    ``images``: already generated ones (same prompts, steps and seed), so a caller that scores them does not
+    generate them twice."""
     import textwrap
 
     from PIL import Image, ImageDraw
 
     from dynagen import synth
 
-    imgs = generate(pipe, prompts, steps, seed, guidance_scale)
+    imgs = images if images is not None else generate(pipe, prompts, steps, seed, guidance_scale)
     cell = IMAGE_SIZE * scale
     tile_w = cell * (2 if with_reference else 1) + 8
     text_h = 44

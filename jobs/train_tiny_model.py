@@ -51,7 +51,7 @@ def evaluate(model_dir: str = "models/tiny-sd", sheet: str | None = "docs/tiny-s
         while spec.kind != "single":
             spec = synth.sample_spec(rng, "full")
         o = spec.objects[0]
-        spec = synth.Spec("single", (synth.ObjSpec(o.shape, o.color, o.texture, o.size, positions[i % 5]),),
+        spec = synth.Spec("single", (synth.ObjSpec(o.shape, o.color, o.texture, o.size, positions[i % len(positions)]),),
                           background=spec.background)
         sheet_scenes.append(synth.scene_for(spec, rng))
     caps = [synth.caption(s) for s in sheet_scenes]
@@ -59,7 +59,7 @@ def evaluate(model_dir: str = "models/tiny-sd", sheet: str | None = "docs/tiny-s
     found = [tinymodel.position_of(im, s.background) for im, s in zip(imgs, sheet_scenes)]
     pos_ok = sum(f == s.objects[0].position for f, s in zip(found, sheet_scenes))
     if sheet:
-        tinymodel.contact_sheet(pipe, caps, sheet, steps=50, seed=seed,
+        tinymodel.contact_sheet(pipe, caps, sheet, steps=50, seed=seed, images=imgs,
                                 references=[synth.render(s) for s in sheet_scenes])
     mix = synth.example_prompts(ssim_prompts, seed + 1)
     table = tinymodel.convergence_table(pipe, mix, seed=seed)
