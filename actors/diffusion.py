@@ -165,6 +165,8 @@ class DiffusionCore:
         early_stop_threshold: float | None = None,
         early_stop_interval: int | None = None,
         early_stop_min_steps: int | None = None,
+        early_stop_signal: str | None = None,
+        early_stop_level: float | None = None,
     ):
         import torch
 
@@ -188,9 +190,12 @@ class DiffusionCore:
         # unsupported scheduler fails at load, not on the first batch.
         self.early_stop = None
         if early_stop:
-            from actors.early_stop import EarlyStopConfig, EarlyStopSampler
+            from actors.early_stop import EarlyStopConfig, EarlyStopSampler, LearnedSignal
 
-            given = dict(threshold=early_stop_threshold, interval=early_stop_interval, min_steps=early_stop_min_steps)
+            # A learned signal (a folder holding signal.json) replaces the rate threshold as the stop rule.
+            signal = LearnedSignal.load(early_stop_signal) if early_stop_signal else None
+            given = dict(threshold=early_stop_threshold, interval=early_stop_interval, min_steps=early_stop_min_steps,
+                         signal=signal, level=early_stop_level)
             self.early_stop = EarlyStopSampler(self.pipe, EarlyStopConfig(**{k: v for k, v in given.items() if v is not None}))
 
     def generate(

@@ -13,9 +13,16 @@ Convergence signal, per sample, every ``interval`` steps::
     rate = (‖x̂0_now − x̂0_prev‖ / ‖x̂0_now‖) / ((t_prev − t_now) / num_train_timesteps)
 
 the relative change of x̂0 per unit of diffusion time. Dividing by the time covered makes one threshold mean the same
-at a 10-step and a 100-step budget (a step of a short schedule covers more time, so x̂0 moves more per step). A sample
-stops at a check where ``rate < threshold``, once it has run at least ``min_steps`` steps. Cost: a norm over a
-4×16×16 latent per check, nothing next to a UNet call.
+at a 10-step and a 100-step budget (a step of a short schedule covers more time, so x̂0 moves more per step). Cost: a
+norm over a 4×16×16 latent per check, nothing next to a UNet call. Two stop rules read it, once a sample has run at
+least ``min_steps`` steps:
+
+* **rate** (``threshold``): stop where ``rate < threshold``. One number, hand-calibrated.
+* **learned** (:class:`LearnedSignal`): a logistic model, fitted on calibration trajectories by
+  ``jobs/calibrate_early_stop.py``, of "would this sample's current x̂0 already pass the quality criterion?" from the
+  rate, the previous check's rate, the noise level, the share of the budget run and the budget. Stop where its
+  probability ≥ ``level``. The budget (StepSaver's prediction) carries what the prompt says; the trajectory carries
+  what the seed did, which no prompt-only predictor can see.
 
 Schedulers. All samples of a batch sit at the same timestep, so scheduler state that depends only on the step index
 (timesteps, sigmas, ``step_index``) is shared; only state holding per-sample tensors must follow the samples.
@@ -32,15 +39,17 @@ Schedulers. All samples of a batch sit at the same timestep, so scheduler state 
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 
-# Calibrated by jobs/calibrate_early_stop.py: the largest threshold keeping mean SSIM to the 200-step reference ≥ the
-# fixed-50 level (0.9976 on 32 prompts × 2 seeds). On tiny-sd that bar leaves almost no room: 0.4 already stops 2% of
-# samples and loses 1e-4 SSIM, 0.5 stops 45% at 43 mean steps (0.9927). So the default rarely stops; lower the bar
-# (e.g. 1.0 → 24 mean steps, SSIM 0.961) to trade quality for steps. ImageSettings carries the same default (tested).
+# The rate rule's threshold, calibrated by jobs/calibrate_early_stop.py on tiny-sd (240 rows × budgets 20-75): the
+# largest whose replayed mean SSIM loss vs running the budget out stays ≤ 0.001 on held-out prompts (0.3: loss 0.0007,
+# 3% fewer steps). The learned signal is the default rule (images.early_stop_signal). ImageSettings carries the same
+# default (tested).
 DEFAULT_THRESHOLD = 0.3
 DEFAULT_INTERVAL = 2  # compare x̂0 two steps apart: one step of a long schedule moves x̂0 by little more than noise
 DEFAULT_MIN_STEPS = 6  # before this x̂0 is a blurry mean and can sit still by chance; StepSaver's smallest grid counts
@@ -49,17 +58,97 @@ SUPPORTED_SCHEDULERS = ("DDIMScheduler", "EulerDiscreteScheduler", "DPMSolverMul
 _EPS = 1e-8
 
 
+SIGNAL_FILE = "signal.json"
+SIGNAL_FORMAT = "dynagen-early-stop-signal/1"
+_RATE_FLOOR = 1e-3  # log(rate) below this is noise: x̂0 moves by less than float error per unit time
+
+
 class EarlyStopError(ValueError):
     """Early stopping cannot run with these settings (unsupported scheduler, bad threshold); one line for the user."""
 
 
+# Names of the learned signal's inputs, in order (signal_features builds them; the artifact records them).
+SIGNAL_FEATURES = ("log_rate", "log_rate_prev", "t", "budget_share", "log_budget")
+
+
+def signal_features(step, budget, t, rate, rate_prev, num_train_timesteps: int) -> np.ndarray:
+    """(n, 5) inputs of the learned signal for n checks (arrays or scalars; NaN previous rate → the current one)."""
+    step, budget, t = (np.broadcast_to(np.asarray(v, dtype=float), np.shape(rate)) for v in (step, budget, t))
+    rate = np.asarray(rate, dtype=float)
+    prev = np.where(np.isnan(np.asarray(rate_prev, dtype=float)), rate, rate_prev)
+    return np.stack([np.log(np.maximum(rate, _RATE_FLOOR)), np.log(np.maximum(prev, _RATE_FLOOR)),
+                     t / num_train_timesteps, step / budget, np.log(budget)], axis=-1)
+
+
+@dataclass(frozen=True)
+class LearnedSignal:
+    """P(the current x̂0 already passes the criterion) = σ(w·standardised features + b); stop where P ≥ ``level``."""
+
+    weights: tuple[float, ...]
+    bias: float
+    mean: tuple[float, ...]
+    scale: tuple[float, ...]
+    level: float  # the calibrated stopping probability (jobs/calibrate_early_stop.py)
+    meta: dict = field(default_factory=dict, compare=False)  # criterion, model fingerprint, training figures
+
+    def prob(self, x: np.ndarray) -> np.ndarray:
+        z = (np.asarray(x, dtype=float) - np.asarray(self.mean)) / np.asarray(self.scale)
+        return 1.0 / (1.0 + np.exp(-(z @ np.asarray(self.weights) + self.bias)))
+
+    def to_json(self) -> dict:
+        return {"format": SIGNAL_FORMAT, "features": list(SIGNAL_FEATURES), "weights": list(self.weights),
+                "bias": self.bias, "mean": list(self.mean), "scale": list(self.scale), "level": self.level, **self.meta}
+
+    def save(self, folder) -> Path:
+        path = Path(folder) / SIGNAL_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_json(), indent=2) + "\n")
+        return path
+
+    @classmethod
+    def load(cls, folder) -> "LearnedSignal":
+        path = Path(folder) / SIGNAL_FILE if Path(folder).is_dir() else Path(folder)
+        if not path.is_file():
+            raise EarlyStopError(f"no learned early-stop signal at {path}: run `python -m jobs.calibrate_early_stop` "
+                                 "or use images.early_stop_signal=rate")
+        d = json.loads(path.read_text())
+        if d.get("format") != SIGNAL_FORMAT or tuple(d.get("features", ())) != SIGNAL_FEATURES:
+            raise EarlyStopError(f"{path} is not a {SIGNAL_FORMAT} file with features {', '.join(SIGNAL_FEATURES)}")
+        keys = ("format", "features", "weights", "bias", "mean", "scale", "level")
+        return cls(tuple(d["weights"]), float(d["bias"]), tuple(d["mean"]), tuple(d["scale"]), float(d["level"]),
+                   {k: v for k, v in d.items() if k not in keys})
+
+
+def fit_signal(x: np.ndarray, y: np.ndarray, level: float = 0.5, l2: float = 1e-3, iters: int = 50,
+               meta: dict | None = None) -> LearnedSignal:
+    """Logistic regression by Newton's method (five inputs: no library needed), inputs standardised."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    mean, scale = x.mean(0), x.std(0) + 1e-9
+    z = np.hstack([(x - mean) / scale, np.ones((len(x), 1))])
+    w = np.zeros(z.shape[1])
+    reg = l2 * len(x) * np.diag([1.0] * (z.shape[1] - 1) + [0.0])  # the bias is not shrunk
+    for _ in range(iters):
+        p = 1.0 / (1.0 + np.exp(-(z @ w)))
+        grad = z.T @ (p - y) + reg @ w
+        hess = (z * (p * (1 - p))[:, None]).T @ z + reg
+        step = np.linalg.solve(hess, grad)
+        w -= step
+        if np.abs(step).max() < 1e-8:
+            break
+    return LearnedSignal(tuple(w[:-1].tolist()), float(w[-1]), tuple(mean.tolist()), tuple(scale.tolist()), float(level),
+                         dict(meta or {}))
+
+
 @dataclass(frozen=True)
 class EarlyStopConfig:
-    """When a sample may leave: ``rate < threshold`` at a check every ``interval`` steps, after ``min_steps``."""
+    """When a sample may leave, checked every ``interval`` steps after ``min_steps``: ``rate < threshold``, or with a
+    learned ``signal`` its probability ≥ ``level`` (the signal's calibrated level when None)."""
 
     threshold: float = DEFAULT_THRESHOLD
     interval: int = DEFAULT_INTERVAL
     min_steps: int = DEFAULT_MIN_STEPS
+    signal: LearnedSignal | None = None
+    level: float | None = None
 
     def __post_init__(self):
         if not self.threshold >= 0:
@@ -68,6 +157,22 @@ class EarlyStopConfig:
             raise EarlyStopError(
                 f"early-stop interval and min_steps must be ≥ 1, got {self.interval}, {self.min_steps}"
             )
+        if self.level is not None and not 0 < self.level <= 1:
+            raise EarlyStopError(f"early-stop level must be in (0, 1], got {self.level}")
+
+    @property
+    def stop_level(self) -> float:
+        return self.level if self.level is not None else self.signal.level
+
+    def stops(self, step: int, budget: int, t, rate: np.ndarray, rate_prev: np.ndarray, num_train_timesteps: int):
+        """Boolean mask of the checked samples that leave now (NaN rate — the first check — never leaves)."""
+        rate = np.asarray(rate, dtype=float)
+        if step < self.min_steps:
+            return np.zeros(rate.shape, dtype=bool)
+        if self.signal is None:
+            return rate < self.threshold
+        p = self.signal.prob(signal_features(step, budget, float(t), rate, rate_prev, num_train_timesteps))
+        return ~np.isnan(rate) & (p >= self.stop_level)
 
 
 @dataclass
@@ -88,6 +193,9 @@ class CheckTrace:
     rows: list[int]  # indices into the batch
     rate: np.ndarray  # per row; NaN at the first check (nothing to compare with yet)
     x0: "object" = field(repr=False, default=None)  # torch.Tensor (len(rows), C, h, w)
+    t: float = float("nan")  # the timestep just taken
+    budget: int = 0
+    rate_prev: np.ndarray | None = None  # per row, the previous check's rate (NaN where none)
 
 
 # 1. Pure helpers ---------------------------------------------------------------------------------------------
@@ -112,6 +220,14 @@ def first_stop(checks: Sequence[tuple[int, float]], threshold: float, min_steps:
     """
     for step, rate in checks:
         if step >= min_steps and rate < threshold:
+            return int(step)
+    return None
+
+
+def first_pass(steps: Sequence[int], passes: Sequence[bool], min_steps: int) -> int | None:
+    """The first check step ≥ ``min_steps`` whose ``passes`` is true (None: none) — the replay of any stop rule."""
+    for step, ok in zip(steps, passes):
+        if step >= min_steps and ok:
             return int(step)
     return None
 
@@ -226,6 +342,7 @@ class EarlyStopSampler:
             steps_run = [len(timesteps)] * n
             stopped = [False] * n
             x0_prev, t_prev, evals = None, None, 0
+            rate_prev = np.full(n, np.nan)  # per active row: its previous check's rate
             for i, t in enumerate(timesteps):
                 a = active.tolist()
                 noise_pred = self.guided_prediction(
@@ -243,13 +360,18 @@ class EarlyStopSampler:
                     convergence_rate(x0_prev, x0, t_prev, t, sched.config.num_train_timesteps)
                     if x0_prev is not None else torch.full((len(a),), float("nan"))
                 )
+                rate_np = rate.cpu().numpy().astype(float)
                 if on_check is not None:
-                    on_check(CheckTrace(step=i + 1, rows=a, rate=rate.cpu().numpy(), x0=x0.clone()))
-                done = (rate < cfgs.threshold) & torch.tensor(i + 1 >= cfgs.min_steps)
-                for r in torch.nonzero(done).flatten().tolist():
+                    on_check(CheckTrace(step=i + 1, rows=a, rate=rate_np, x0=x0.clone(), t=float(t),
+                                        budget=len(timesteps), rate_prev=rate_prev.copy()))
+                done_np = cfgs.stops(i + 1, len(timesteps), float(t), rate_np, rate_prev,
+                                     sched.config.num_train_timesteps)
+                done = torch.from_numpy(done_np)
+                for r in np.flatnonzero(done_np).tolist():
                     final[a[r]], steps_run[a[r]], stopped[a[r]] = x0[r], i + 1, True
                 keep = ~done
                 active, latents, x0_prev, t_prev = active[keep], latents[keep], x0[keep], t
+                rate_prev = rate_np[~done_np]
                 if bool(done.any()):
                     keep_scheduler_rows(sched, keep)
                 if len(active) == 0:

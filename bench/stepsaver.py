@@ -8,13 +8,17 @@ One process, one machine, the same held-out prompts and seeds for every run:
    oracles are read off the same images: same seed and count ⇒ the same image.
 2. **StepSaver** at several risk levels (its decoding knob: the accepted chance that a seed needs more steps):
    mean quality and Σ UNet evaluations of its per-prompt counts.
-3. **Oracles**: per sample (each image its own fewest count reaching a threshold) and per prompt (the fewest count
+3. **StepSaver + the learned per-sample signal** (``models/early-stop``): StepSaver's prediction is the budget,
+   the signal ends each sample once its x̂0 would already pass. Each (row, budget) runs once with stopping off,
+   recording every check and scoring its decoded x̂0; every signal level is replayed from that run (a sample's stop
+   depends only on its own checks, a tested property). One timed run with the real sampler checks the replay.
+4. **Oracles**: per sample (each image its own fewest count reaching a threshold) and per prompt (the fewest count
    at which every seed of the prompt passes), at several thresholds.
-4. **Headline**: StepSaver's UNet evaluations ÷ the fixed-count curve's, linearly interpolated to the same mean
+5. **Headline**: StepSaver's UNet evaluations ÷ the fixed-count curve's, linearly interpolated to the same mean
    quality (the fixed curve made monotone by a running max first). Also vs the per-sample oracle.
-5. **Timed**: StepSaver end to end (predict + step-grouped generation) vs the fixed count of equal quality, best of
+6. **Timed**: StepSaver end to end (predict + step-grouped generation) vs the fixed count of equal quality, best of
    ``--timing-rounds``; where the time goes (UNet vs text encoder + VAE + scheduler).
-6. **Real prompts** (DiffusionDB, when ``../shared`` is present): what StepSaver predicts for prompts outside the
+7. **Real prompts** (DiffusionDB, when ``../shared`` is present): what StepSaver predicts for prompts outside the
    world's vocabulary and what they really need on this model (swept like the rest).
 
 Writes a JSON and a PNG plot.
@@ -38,6 +42,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 MODEL = "models/tiny-sd"
 STEPSAVER = "models/stepsaver"
+SIGNAL = "models/early-stop"
+SIGNAL_RISKS = (0.02, 0.05, 0.1, 0.2)  # StepSaver risks used as budgets for the signal (plus the trained one)
+SIGNAL_LEVELS = (0.5, 0.7, 0.8, 0.9, 0.95, 0.98)  # replayed besides the calibrated level
 N_PROMPTS = 200  # the issue's minimum; the mean SSIM of 200 images moves < 0.001 between prompt draws
 N_REAL = 24  # DiffusionDB prompts swept too: enough to see what out-of-world prompts need, cheap
 SMOKE_PROMPTS = 6
@@ -49,6 +56,7 @@ RISKS = (0.02, 0.05, 0.1, 0.2, 0.3, 0.5)
 ORACLE_THRESHOLDS = (0.98, 0.99, 0.995, 0.998)
 SPEED_PROMPTS = 2_000
 TARGETS = {"evals_vs_fixed": 0.75, "evals_vs_fixed_stretch": 0.6, "evals_vs_oracle": 1.25, "vs_fixed100": 3.0,
+           "signal_evals_vs_fixed": 0.65,
            "under_step_rate": 0.10, "predictor_prompts_per_s": 500}
 DIFFUSIONDB = REPO.parent / "shared" / "data" / "prompts" / "diffusiondb-sample" / "refl_data.json"
 
@@ -110,6 +118,31 @@ class Runner:
         return images, {"wall_s": wall, "unet_s": self.unet_s - unet0, "unet_evals": self.core.counter.evals - evals0}
 
 
+def record_checks(core, signal_cfg, prompts, seeds, budgets, ref, batch_size: int) -> dict[str, np.ndarray]:
+    """Every convergence check of each row run at its budget with stopping off, its decoded x̂0 scored against
+    ``ref``: columns run (= row index), step, budget, t, rate, rate_prev, ssim_ref (the layout of
+    ``jobs.calibrate_early_stop.replay``; the budget's final image quality is added by the caller)."""
+    import torch
+
+    from actors.diffusion import plan_batches
+    from actors.early_stop import EarlyStopConfig, EarlyStopSampler
+
+    sampler = EarlyStopSampler(core.pipe, EarlyStopConfig(threshold=0.0, interval=signal_cfg.interval, min_steps=1))
+    cols = {k: [] for k in ("run", "step", "budget", "t", "rate", "rate_prev", "ssim_ref")}
+    for batch in plan_batches(budgets, batch_size):
+        traces = []
+        gens = [torch.Generator().manual_seed(int(seeds[i])) for i in batch]
+        sampler([prompts[i] for i in batch], gens, int(budgets[batch[0]]), core.guidance_scale, on_check=traces.append)
+        for tr in traces:
+            imgs = (np.clip(sampler.decode(tr.x0), 0, 1) * 255).round().astype(np.uint8)
+            q = ssim_to(imgs, ref[[batch[j] for j in tr.rows]])
+            for r, j in enumerate(tr.rows):
+                for k, v in (("run", batch[j]), ("step", tr.step), ("budget", tr.budget), ("t", tr.t),
+                             ("rate", tr.rate[r]), ("rate_prev", tr.rate_prev[r]), ("ssim_ref", q[r])):
+                    cols[k].append(v)
+    return {k: np.asarray(v) for k, v in cols.items()}
+
+
 def ssim_to(images: np.ndarray, ref: np.ndarray) -> np.ndarray:
     from pipelines.calibrate import image_quality
 
@@ -166,6 +199,10 @@ def plot(result: dict, path: Path) -> bool:
                     textcoords="offset points", color="gray")
     ss = result["stepsaver"]
     ax.plot([r["evals_per_image"] for r in ss], [r["mean_ssim"] for r in ss], "s-", color="C0", label="StepSaver (risk levels)")
+    sig = [r for r in result.get("stepsaver_signal") or [] if r["calibrated_level"]]
+    if sig:
+        ax.plot([r["evals_per_image"] for r in sig], [r["mean_ssim"] for r in sig], "D-", color="C3",
+                label="StepSaver + learned signal (calibrated level)")
     for key, style, label in (("oracle_sample", "^--", "oracle per sample"), ("oracle_prompt", "v:", "oracle per prompt")):
         o = result.get(key) or []
         if o:
@@ -192,6 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--smoke-test", action="store_true", help=f"{SMOKE_PROMPTS} prompts, no real prompts")
     ap.add_argument("--model", default=MODEL)
     ap.add_argument("--stepsaver", default=STEPSAVER)
+    ap.add_argument("--signal", default=SIGNAL, help="learned early-stop signal folder ('' = skip those runs)")
     ap.add_argument("--prompts", type=int, default=None)
     ap.add_argument("--seeds", type=int, default=1, help="image seeds per prompt (≥ 2 for the per-prompt oracle)")
     ap.add_argument("--real", type=int, default=N_REAL, help="DiffusionDB prompts to sweep too")
@@ -281,7 +319,56 @@ def main(argv: list[str] | None = None) -> int:
     for pt in stepsaver:
         pt["evals_vs_oracle_same_quality"] = pt["unet_evals"] / interp_evals(oq, oe, pt["mean_ssim"])
 
+    # StepSaver + learned signal: replayed from one recorded run per (row, budget)
+    stepsaver_signal, signal_meta = [], {}
+    if a.signal and (Path(a.signal) / "signal.json").is_file():
+        from actors.early_stop import EarlyStopConfig, LearnedSignal, signal_features
+        from jobs.calibrate_early_stop import replay
+
+        sig = LearnedSignal.load(a.signal)
+        sig_cfg = EarlyStopConfig(signal=sig, interval=int(sig.meta.get("interval", 2)),
+                                  min_steps=int(sig.meta.get("min_steps", 6)))
+        sig_risks = sorted(set(SIGNAL_RISKS) | {predictor.config.risk})
+        wi = np.flatnonzero(W)
+        budgets_by_risk = {r: np.array([dict(zip(uniq, predictor.predict_steps(uniq, risk=r)))[p] for p in pw])
+                           for r in sig_risks}
+        pairs = sorted({(int(i), int(b)) for r in sig_risks for i, b in zip(range(len(wi)), budgets_by_risk[r])})
+        t_rec = time.perf_counter()
+        pr = [pw[i] for i, _ in pairs]
+        sr = [rows_s[wi[i]] for i, _ in pairs]
+        br = [b for _, b in pairs]
+        tr = record_checks(core, sig_cfg, pr, sr, br, ref[[wi[i] for i, _ in pairs]], BATCH_SIZE)
+        grid_ix = {g: k for k, g in enumerate(grid)}
+        tr["final_ssim_ref"] = np.array([Qw[pairs[j][0], grid_ix[pairs[j][1]]] for j in tr["run"]])
+        x = signal_features(tr["step"], tr["budget"], tr["t"], tr["rate"], tr["rate_prev"], 1000)
+        prob = np.where(np.isnan(tr["rate"]), 0.0, sig.prob(np.nan_to_num(x)))
+        pair_ix = {pq: j for j, pq in enumerate(pairs)}
+        for r in sig_risks:
+            run_ids = [pair_ix[(i, int(b))] for i, b in enumerate(budgets_by_risk[r])]
+            for lv in sorted(set(SIGNAL_LEVELS) | {sig.level}):
+                rep = replay(tr, prob >= lv, sig_cfg.min_steps)
+                by_run = dict(zip(rep["run"].tolist(), zip(rep["steps"], rep["ssim"])))
+                st = np.array([by_run[j][0] for j in run_ids])
+                q = np.array([by_run[j][1] for j in run_ids])
+                ev = float(st.sum() * evals_per_step)
+                stepsaver_signal.append({
+                    "risk": r, "level": lv, "calibrated_level": lv == sig.level, "trained_risk": r == predictor.config.risk,
+                    "mean_ssim": float(q.mean()), "min_ssim": float(q.min()), "unet_evals": ev,
+                    "evals_per_image": ev / len(Qw), "mean_steps": float(st.mean()),
+                    "mean_budget": float(budgets_by_risk[r].mean()),
+                    "stopped_share": float(np.mean(st < budgets_by_risk[r])),
+                    "evals_vs_fixed_same_quality": ev / interp_evals(fq, fe, float(q.mean())),
+                    "evals_vs_oracle_same_quality": ev / interp_evals(oq, oe, float(q.mean()))})
+        signal_meta = {"signal": Path(a.signal).name, "level": sig.level, "label": sig.meta.get("label"),
+                       "criterion": sig.meta.get("criterion"), "recorded_runs": len(pairs),
+                       "record_wall_s": round(time.perf_counter() - t_rec, 1),
+                       "signal_model_unet_sha256": sig.meta.get("model_unet_sha256")}
+        print(f"[bench] StepSaver + signal: {len(pairs)} runs recorded in {signal_meta['record_wall_s']:.0f}s", flush=True)
+
     main_pt = next(p for p in stepsaver if p["trained_risk"])
+    main_sig = next((p for p in stepsaver_signal if p["trained_risk"] and p["calibrated_level"]), None)
+    best_sig = min((p for p in stepsaver_signal if p["calibrated_level"]),
+                   key=lambda p: p["evals_vs_fixed_same_quality"], default=None)
     thr = float(cal.get("threshold", 0.995))
     label = oracle_steps(Qw, grid, thr)
     main_pred = dict(zip(uniq, predictor.predict_steps(uniq)))
@@ -328,6 +415,25 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         runner.run(wp, ws, [eq_fixed] * len(wp))
         walls[f"fixed_{eq_fixed}"].append(time.perf_counter() - t0)
+    if main_sig is not None:  # the real sampler, to check the replay and time it
+        from actors.diffusion import DiffusionCore as _Core
+
+        es_core = _Core(a.model, scheduler, batch_size=BATCH_SIZE, num_threads=a.threads, early_stop=True,
+                        early_stop_signal=a.signal)
+        walls["stepsaver + signal"] = []
+        for _ in range(max(1, a.timing_rounds)):
+            t0 = time.perf_counter()
+            steps = predictor.predict_steps(wp)
+            e0 = es_core.counter.evals
+            imgs = np.zeros((len(wp), es_core.height, es_core.width, 3), dtype=np.uint8)
+            from actors.diffusion import plan_batches
+
+            for batch in plan_batches(steps, BATCH_SIZE):
+                imgs[batch] = es_core.generate([wp[i] for i in batch], [ws[i] for i in batch], steps[batch[0]])
+            walls["stepsaver + signal"].append(time.perf_counter() - t0)
+            real_evals = es_core.counter.evals - e0
+        wref = ref[np.flatnonzero(W)]
+        main_sig["real_run"] = {"unet_evals": real_evals, "mean_ssim": float(ssim_to(imgs, wref).mean())}
     timed = {k: {"best_wall_s": round(min(v), 2), "images_per_s": round(len(wp) / min(v), 3),
                  "all_s": [round(x, 2) for x in v]} for k, v in walls.items()}
 
@@ -342,6 +448,8 @@ def main(argv: list[str] | None = None) -> int:
         "3x_fewer_than_fixed100_at_fixed50_quality": bool(best_at50)
         and fixed100["unet_evals"] / best_at50["unet_evals"] >= TARGETS["vs_fixed100"],
         "under_step_le_10pct": under <= TARGETS["under_step_rate"],
+        "signal_evals_le_0.65x_fixed_same_quality": bool(main_sig)
+        and main_sig["evals_vs_fixed_same_quality"] <= TARGETS["signal_evals_vs_fixed"],
         "predictor_500_per_s": speed["prompts_per_s"] >= TARGETS["predictor_prompts_per_s"],
     }
     result = {
@@ -351,12 +459,19 @@ def main(argv: list[str] | None = None) -> int:
                    "seeds": a.seeds, "real_prompts": len(reals), "heldout_draws_excluded_as_seen": excluded,
                    "grid": grid, "reference_steps": ref_steps, "calibration_threshold": thr,
                    "trained_risk": predictor.config.risk, "batch_size": BATCH_SIZE, "smoke_test": a.smoke_test},
-        "fixed": fixed, "stepsaver": stepsaver, "oracle_sample": oracle_sample, "oracle_prompt": oracle_prompt,
+        "fixed": fixed, "stepsaver": stepsaver, "stepsaver_signal": stepsaver_signal, "signal": signal_meta,
+        "oracle_sample": oracle_sample, "oracle_prompt": oracle_prompt,
         "headline": {"stepsaver_evals_vs_fixed_same_quality": headline,
                      "stepsaver_evals_vs_oracle_sample_same_quality": main_pt["evals_vs_oracle_same_quality"],
                      "fixed100_evals_over_best_stepsaver_at_fixed50_quality":
                          fixed100["unet_evals"] / best_at50["unet_evals"] if best_at50 else None,
-                     "fixed50_mean_ssim": q50, "under_step_rate": under},
+                     "fixed50_mean_ssim": q50, "under_step_rate": under,
+                     "signal_evals_vs_fixed_same_quality": main_sig["evals_vs_fixed_same_quality"] if main_sig else None,
+                     "signal_evals_vs_oracle_sample_same_quality":
+                         main_sig["evals_vs_oracle_same_quality"] if main_sig else None,
+                     # chosen on this bench's own rows: an optimistic figure, reported as such
+                     "signal_best_risk_at_calibrated_level": best_sig["risk"] if best_sig else None,
+                     "signal_best_evals_vs_fixed_same_quality": best_sig["evals_vs_fixed_same_quality"] if best_sig else None},
         "classes": classes, "real_prompts": real, "timed": timed,
         "time_split": {"unet_share_of_generation_wall": unet_share, "evals_per_sample_step": evals_per_step,
                        "sweep_wall_s": round(sum(t["wall_s"] for t in timing.values()), 1)},
@@ -379,6 +494,12 @@ def main(argv: list[str] | None = None) -> int:
         name = f"StepSaver risk {r['risk']}" + (" *" if r["trained_risk"] else "")
         print(f"{name:<26}{r['mean_steps']:>11.1f}{r['evals_per_image']:>10.1f}{r['mean_ssim']:>11.4f}"
               f"{r['min_ssim']:>10.4f}{r['evals_vs_fixed_same_quality']:>9.2f}×")
+    for r in stepsaver_signal:
+        if not r["calibrated_level"] and r["level"] not in (0.7, 0.9):
+            continue
+        name = f"+signal r{r['risk']} p≥{r['level']}" + (" *" if r["trained_risk"] and r["calibrated_level"] else "")
+        print(f"{name:<26}{r['mean_steps']:>11.1f}{r['evals_per_image']:>10.1f}{r['mean_ssim']:>11.4f}"
+              f"{r['min_ssim']:>10.4f}{r['evals_vs_fixed_same_quality']:>9.2f}×")
     for key, rows in (("oracle/sample", oracle_sample), ("oracle/prompt", oracle_prompt)):
         for r in rows:
             print(f"{key + ' ' + str(r['threshold']):<26}{r['mean_steps']:>11.1f}{r['evals_per_image']:>10.1f}"
@@ -390,6 +511,10 @@ def main(argv: list[str] | None = None) -> int:
               f"{real.get('mean_needed', float('nan')):.1f} mean steps")
     print(f"timed: " + ", ".join(f"{k} {v['images_per_s']:.2f} img/s" for k, v in timed.items())
           + f" · UNet share of generation time {100 * unet_share:.0f}%")
+    if main_sig and "real_run" in main_sig:
+        rr = main_sig["real_run"]
+        print(f"StepSaver + signal, real sampler: {rr['unet_evals'] / len(wp):.1f} evals/img, mean SSIM "
+              f"{rr['mean_ssim']:.4f} (replay: {main_sig['evals_per_image']:.1f}, {main_sig['mean_ssim']:.4f})")
     print(f"predictor: {speed['prompts_per_s']:.0f} prompts/s · held-out under-step rate {100 * under:.1f}%")
     print("targets met: " + ", ".join(f"{k}={'yes' if v else 'NO'}" for k, v in met.items()))
     print(f"wrote {out}" + (f" and {png}" if plotted else ""))

@@ -97,10 +97,7 @@ class ImageGenerator:
 
             self.core = DiffusionCore(model=s.images.model, scheduler=s.images.scheduler,
                                       guidance_scale=s.images.guidance_scale, batch_size=s.serve.max_batch_size,
-                                      num_threads=_threads(s.serve.images_num_cpus), early_stop=s.images.early_stop,
-                                      early_stop_threshold=s.images.early_stop_threshold,
-                                      early_stop_interval=s.images.early_stop_interval,
-                                      early_stop_min_steps=s.images.early_stop_min_steps)
+                                      num_threads=_threads(s.serve.images_num_cpus), **s.images.early_stop_kwargs())
         except Exception as e:  # a missing/bad model folder: serve the other endpoints, answer 503 here
             self.unavailable = f"diffusion model not loaded ({_reason(e)})"
             log.warning("dynagen: %s", self.unavailable)

@@ -72,12 +72,31 @@ class ImageSettings(_Section):
     early_stop: bool = Field(
         False, description="End each image's denoising once its predicted clean image stops changing (steps = budget)."
     )
+    early_stop_signal: Literal["learned", "rate"] = Field(
+        "learned", description="Stop rule: 'learned' = the calibrated signal in early_stop_signal_path "
+        "(P(x̂0 already passes) ≥ early_stop_level); 'rate' = x̂0's change rate < early_stop_threshold.",
+    )
+    early_stop_signal_path: str = Field(
+        str(REPO_ROOT / "models" / "early-stop"), description="Learned early-stop signal (jobs/calibrate_early_stop.py)."
+    )
+    early_stop_level: float | None = Field(
+        None, gt=0, le=1, description="Learned rule's stopping probability (unset = the level calibrated with it)."
+    )
     early_stop_threshold: float = Field(
-        0.3, ge=0, description="Stop when x̂0's relative change per unit of diffusion time falls below this "
-        "(calibrated by jobs/calibrate_early_stop.py to keep fixed-50 quality; 0 = never stop).",
+        0.3, ge=0, description="Rate rule: stop when x̂0's relative change per unit of diffusion time falls below this "
+        "(0 = never stop).",
     )
     early_stop_interval: int = Field(2, ge=1, description="Check convergence every this many steps.")
     early_stop_min_steps: int = Field(6, ge=1, description="No image stops before this many steps.")
+
+    def early_stop_kwargs(self) -> dict:
+        """The early-stop arguments of ``actors.diffusion.DiffusionCore``: one mapping for the job and Serve."""
+        return dict(
+            early_stop=self.early_stop, early_stop_threshold=self.early_stop_threshold,
+            early_stop_interval=self.early_stop_interval, early_stop_min_steps=self.early_stop_min_steps,
+            early_stop_signal=self.early_stop_signal_path if self.early_stop_signal == "learned" else None,
+            early_stop_level=self.early_stop_level,
+        )
 
     @field_validator("steps", mode="before")
     @classmethod

@@ -1,17 +1,27 @@
-"""Calibrate the early-stop threshold: the largest one (fewest steps) whose quality stays ≥ fixed 50 steps.
+"""Calibrate per-sample early stopping: record denoising trajectories, fit the learned signal, pick its level.
 
-Quality = mean SSIM (skimage, channel_axis=2, data_range=255, as in ``pipelines/calibrate.py``) to the 200-step image
-of the same prompt and seed. Each (prompt, seed) runs once at the 50-step budget with stopping off, recording every
-convergence check (rate and x̂0). A sample's outcome at threshold τ is fixed by its own checks (the first one after
-``min_steps`` with rate < τ; samples never influence each other, a tested property), so every candidate τ is
-replayed from that one run: its x̂0 decoded, scored, and its steps counted. The bench then measures the chosen τ
-in real runs.
+Quality = SSIM (``pipelines.calibrate.image_quality``) to the 100-step image of the same prompt and seed, the
+criterion StepSaver's labels and the frontier bench use. Rows are (prompt, seed) pairs; prompts come from StepSaver's
+calibration set, so the bench's held-out prompts stay unseen by both models. Each row runs once at every budget of
+``--budgets`` with stopping off, recording every convergence check (rate, previous rate, timestep); every check's x̂0
+is decoded and scored. A sample's outcome under any stop rule is fixed by its own checks (samples never influence
+each other, a tested property), so each candidate rule is replayed from that one run.
 
-    python -m jobs.calibrate_early_stop                 # 32 prompts × 2 seeds, ~5-10 min on 2 shared cores
-    python -m jobs.calibrate_early_stop --smoke-test    # 4 prompts × 1 seed
+1. **Fit** the learned signal (``actors.early_stop.LearnedSignal``, logistic) on the checks: label = the decoded x̂0
+   already passes (SSIM ≥ ``--criterion``) against the label target (``--label``: ``final`` = the budget's own last
+   image, i.e. "nothing left to gain from this budget"; ``ref`` = the 100-step image). Validated on held-out prompts
+   (a prompt's rows never sit on both sides), then refitted on all rows.
+2. **Level**: the most-stopping level whose replayed mean SSIM loss (vs running each budget out) is ≤ ``--max-loss``
+   on the validation prompts; the same rule picks a threshold for the old rate rule, side by side.
 
-Prints the table and writes JSON; set the printed value as ``ImageSettings.early_stop_threshold``'s default (and
-``actors.early_stop.DEFAULT_THRESHOLD``).
+Trajectories are written per batch under ``--work`` so ``--resume`` continues an interrupted run.
+
+    python -m jobs.calibrate_early_stop                  # 240 rows × budgets 20/30/50/75, ~15 min on 2 cores
+    python -m jobs.calibrate_early_stop --smoke-test     # 8 rows × budgets 8/12, a minute
+    python -m jobs.calibrate_early_stop --fit-only       # refit from the trajectories already recorded
+
+Writes ``models/early-stop/signal.json`` (the artifact the image job and the bench load), the trajectories
+(``models/early-stop/trajectories.parquet``, so a refit needs no model runs) and a results JSON.
 """
 
 from __future__ import annotations
@@ -25,111 +35,239 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-PROMPT_SEED = 999  # example_prompts seed the StepSaver calibration/training did not use
-IMAGE_SEEDS = (1000, 1001)  # image seeds disjoint from the StepSaver calibration seeds (0, 1, 2)
-# Rates (per unit of diffusion time) plateau near 0.6-0.8 late in a schedule on tiny-sd: the grid is dense there.
-CANDIDATES = (0.0, 0.3, 0.4, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.9, 1.0, 1.2, 1.5, 2.0)
+MODEL = "models/tiny-sd"
+OUT = "models/early-stop"
+CAL_PROMPTS = "models/stepsaver/calibration.parquet"
+REFERENCE_STEPS = 100  # the top of StepSaver's grid: the bench's and the labels' reference
+BUDGETS = (20, 30, 50, 75)  # spans what StepSaver predicts at risk 0.02-0.5
+IMAGE_SEED_BASE = 7_000  # disjoint from StepSaver calibration's and the bench's image seeds
+RATE_CANDIDATES = (0.0, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 1.0, 1.2, 1.5, 2.0)
+LEVEL_CANDIDATES = (0.99, 0.98, 0.97, 0.95, 0.93, 0.9, 0.85, 0.8, 0.75, 0.7, 0.6, 0.5)
 
 
-def default_model() -> str:
-    """The embedded model, relative to the repository (so outputs record no machine path)."""
-    return "models/tiny-sd"
+# 1. Pure helpers (tested) ----------------------------------------------------------------------------------------
+
+
+def replay(traj: dict[str, np.ndarray], passes: np.ndarray, min_steps: int) -> dict[str, np.ndarray]:
+    """Per (row, budget) run: the steps it stops at and its SSIM to the reference under a stop rule.
+
+    ``traj`` holds one entry per check (columns run, step, budget, ssim_ref, final_ssim_ref); ``passes`` says per
+    check whether the rule stops there. A run that never stops ends on its budget's final image.
+    """
+    runs = np.unique(traj["run"])
+    steps, q = np.empty(len(runs)), np.empty(len(runs))
+    order = np.lexsort((traj["step"], traj["run"]))
+    run_s, step_s, ok_s = traj["run"][order], traj["step"][order], passes[order] & (traj["step"][order] >= min_steps)
+    start = np.searchsorted(run_s, runs, side="left")
+    end = np.searchsorted(run_s, runs, side="right")
+    for k, (a, b) in enumerate(zip(start, end)):
+        hit = np.flatnonzero(ok_s[a:b])
+        if len(hit):
+            j = order[a + hit[0]]
+            steps[k], q[k] = step_s[a + hit[0]], traj["ssim_ref"][j]
+        else:
+            j = order[a]
+            steps[k], q[k] = traj["budget"][j], traj["final_ssim_ref"][j]
+    return {"run": runs, "steps": steps, "ssim": q}
+
+
+def choose(rows: list[dict], max_loss: float, key: str) -> float:
+    """The most-stopping candidate (rows ordered from least to most stopping) whose loss and every earlier one's stays
+    ≤ ``max_loss`` (a lucky isolated candidate is not chosen)."""
+    chosen = rows[0][key]
+    for r in rows:
+        if r["ssim_loss"] > max_loss:
+            break
+        chosen = r[key]
+    return chosen
+
+
+def summarise(traj: dict, passes: np.ndarray, min_steps: int, mask_runs: np.ndarray | None = None) -> dict:
+    """Mean steps, mean SSIM and its loss vs running every budget out, over the runs (optionally a subset)."""
+    r = replay(traj, passes, min_steps)
+    full = replay(traj, np.zeros_like(passes), min_steps)
+    m = np.ones(len(r["run"]), bool) if mask_runs is None else np.isin(r["run"], mask_runs)
+    return {"mean_steps": float(r["steps"][m].mean()), "budget_mean_steps": float(full["steps"][m].mean()),
+            "mean_ssim": float(r["ssim"][m].mean()), "ssim_loss": float(full["ssim"][m].mean() - r["ssim"][m].mean()),
+            "stopped_share": float(np.mean(r["steps"][m] < full["steps"][m]))}
+
+
+def auc(score: np.ndarray, y: np.ndarray) -> float:
+    """Rank AUC (ties half): how well the signal orders passing checks above failing ones."""
+    from scipy.stats import rankdata
+
+    pos, n1 = y.astype(bool), int(y.sum())
+    n0 = len(y) - n1
+    if n1 == 0 or n0 == 0:
+        return float("nan")
+    ranks = rankdata(score)
+    return float((ranks[pos].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
+
+
+# 2. Recording trajectories ---------------------------------------------------------------------------------------
+
+
+def pick_rows(n: int, cal_prompts: str, seed: int = 0) -> list[tuple[str, int]]:
+    """``n`` distinct world prompts of StepSaver's calibration set, each with its own image seed."""
+    import pyarrow.parquet as pq
+
+    prompts = sorted(set(pq.read_table(cal_prompts, columns=["prompt"]).column("prompt").to_pylist()))
+    rng = np.random.default_rng(seed)
+    take = rng.choice(len(prompts), size=min(n, len(prompts)), replace=False)
+    return [(prompts[i], IMAGE_SEED_BASE + k) for k, i in enumerate(take)]
+
+
+def record_batch(core, sampler, batch: list[tuple[str, int]], first_row: int, budgets, reference_steps: int):
+    """Every check of every (row, budget) run of one batch, scored: a dict of columns."""
+    import torch
+
+    from pipelines.calibrate import image_quality
+
+    prompts, seeds = [p for p, _ in batch], [s for _, s in batch]
+    ref = core.generate(prompts, seeds, reference_steps)
+    cols = {k: [] for k in ("row", "prompt", "seed", "budget", "step", "t", "rate", "rate_prev", "ssim_ref",
+                            "ssim_final", "final_ssim_ref")}
+    to_u8 = lambda x: (np.clip(x, 0, 1) * 255).round().astype(np.uint8)  # noqa: E731
+    for budget in budgets:
+        traces = []
+        out = sampler(prompts, [torch.Generator().manual_seed(s) for s in seeds], budget, core.guidance_scale,
+                      on_check=traces.append)
+        final = to_u8(out.images)
+        final_q = [image_quality(final[j], ref[j])[0] for j in range(len(batch))]
+        for tr in traces:
+            imgs = to_u8(sampler.decode(tr.x0))
+            for r, j in enumerate(tr.rows):
+                cols["row"].append(first_row + j)
+                cols["prompt"].append(prompts[j])
+                cols["seed"].append(seeds[j])
+                cols["budget"].append(budget)
+                cols["step"].append(tr.step)
+                cols["t"].append(tr.t)
+                cols["rate"].append(float(tr.rate[r]))
+                cols["rate_prev"].append(float(tr.rate_prev[r]))
+                cols["ssim_ref"].append(image_quality(imgs[r], ref[j])[0])
+                cols["ssim_final"].append(image_quality(imgs[r], final[j])[0])
+                cols["final_ssim_ref"].append(final_q[j])
+    return cols
+
+
+# 3. The job ------------------------------------------------------------------------------------------------------
 
 
 def main(argv: list[str] | None = None) -> int:
-    import torch
-
-    from skimage.metrics import structural_similarity
-
-    from jobs.train_stepsaver import model_fingerprint
-
-    from actors.diffusion import DiffusionCore, model_defaults
-    from actors.early_stop import DEFAULT_INTERVAL, DEFAULT_MIN_STEPS, EarlyStopConfig, EarlyStopSampler, first_stop
-    from dynagen.synth import example_prompts
-    from dynagen.tinymodel import DEFAULT_GUIDANCE_SCALE
-    from pipelines.calibrate import DEFAULT_REFERENCE_STEPS
-
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default=default_model())
-    ap.add_argument("--prompts", type=int, default=32)
-    ap.add_argument("--seeds", default=",".join(map(str, IMAGE_SEEDS)))
-    ap.add_argument("--budget", type=int, default=50, help="the fixed step count whose quality must be kept")
-    ap.add_argument("--reference-steps", type=int, default=DEFAULT_REFERENCE_STEPS)
-    ap.add_argument("--interval", type=int, default=DEFAULT_INTERVAL)
-    ap.add_argument("--min-steps", type=int, default=DEFAULT_MIN_STEPS)
-    ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--threads", type=int, default=1, help="torch threads (2 threads on 2 shared cores ran far slower)")
-    ap.add_argument("--out", default=str(REPO / "bench" / "results" / "early_stop_calibration.json"))
-    ap.add_argument("--smoke-test", action="store_true")
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default=MODEL)
+    ap.add_argument("--rows", type=int, default=240, help="(prompt, seed) rows")
+    ap.add_argument("--budgets", default=",".join(map(str, BUDGETS)))
+    ap.add_argument("--criterion", type=float, default=0.995, help="SSIM a check's x̂0 must reach to count as passing")
+    ap.add_argument("--label", choices=("final", "ref"), default="final",
+                    help="what a passing x̂0 is compared with: its budget's last image, or the 100-step image")
+    ap.add_argument("--max-loss", type=float, default=0.001, help="mean SSIM the chosen level may lose vs the budget")
+    ap.add_argument("--min-steps", type=int, default=6)
+    ap.add_argument("--interval", type=int, default=2)
+    ap.add_argument("--batch-size", type=int, default=24)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", default=OUT, help="artifact folder: signal.json and trajectories.parquet")
+    ap.add_argument("--work", default="out/early_stop_calibration", help="per-batch trajectory parts (for --resume)")
+    ap.add_argument("--results", default="bench/results/early_stop_calibration.json")
+    ap.add_argument("--resume", action="store_true", help="keep the parts already under --work")
+    ap.add_argument("--fit-only", action="store_true", help="fit from --out's trajectories.parquet, run no model")
+    ap.add_argument("--smoke-test", action="store_true", help="8 rows, budgets 8/12, into out/early_stop_smoke")
     a = ap.parse_args(argv)
-    n_prompts, seeds = (4, [int(a.seeds.split(",")[0])]) if a.smoke_test else (a.prompts, [int(s) for s in a.seeds.split(",")])
+    if a.smoke_test:
+        a.rows, a.budgets, a.batch_size = 8, "8,12", 8
+        a.out, a.work, a.results = "out/early_stop_smoke", "out/early_stop_smoke/work", "out/early_stop_smoke/results.json"
+    budgets = [int(b) for b in a.budgets.split(",")]
     t0 = time.perf_counter()
 
-    # 1. Rows: prompts × seeds, and the model
-    prompts = list(dict.fromkeys(example_prompts(n_prompts * 2, PROMPT_SEED)))[:n_prompts]
-    rows = [(p, s) for p in prompts for s in seeds]
-    guidance = float(model_defaults(a.model).get("guidance_scale", DEFAULT_GUIDANCE_SCALE))
-    core = DiffusionCore(a.model, "ddim", guidance_scale=guidance, batch_size=a.batch_size, num_threads=a.threads)
-    sampler = EarlyStopSampler(core.pipe, EarlyStopConfig(threshold=0.0, interval=a.interval, min_steps=a.min_steps))
-    batches = [rows[s : s + a.batch_size] for s in range(0, len(rows), a.batch_size)]
+    import pyarrow as pa
+    import pyarrow.parquet as pq
 
-    # 2. References, and the budget run with stopping off, recording every check
-    ref, final, checks, x0_images = [], [], [[] for _ in rows], {}
-    for b, batch in enumerate(batches):
-        bp, bs = [p for p, _ in batch], [s for _, s in batch]
-        ref.append(core.generate(bp, bs, a.reference_steps))
-        traces = []
-        gens = [torch.Generator().manual_seed(s) for s in bs]
-        out = sampler(bp, gens, a.budget, guidance, on_check=traces.append)
-        final.append((np.clip(out.images, 0, 1) * 255).round().astype(np.uint8))
-        base = b * a.batch_size
-        for tr in traces:  # decode every check's x̂0 once; replay picks among them
-            imgs = (np.clip(sampler.decode(tr.x0), 0, 1) * 255).round().astype(np.uint8)
-            for r, j in enumerate(tr.rows):
-                checks[base + j].append((tr.step, float(tr.rate[r])))
-                x0_images[(base + j, tr.step)] = imgs[r]
-    ref, final = np.concatenate(ref), np.concatenate(final)
+    from actors.early_stop import SIGNAL_FEATURES, fit_signal, signal_features
+    from jobs.train_stepsaver import model_fingerprint
 
-    # 3. Quality of every possible outcome, then the replay per candidate threshold
-    def ssim(img, i):
-        return float(structural_similarity(ref[i], img, channel_axis=2, data_range=255))
+    out_dir, work = Path(a.out), Path(a.work)
+    traj_file = out_dir / "trajectories.parquet"
+    if not a.fit_only:
+        import torch
 
-    final_q = [ssim(final[i], i) for i in range(len(rows))]
-    fixed_q = float(np.mean(final_q))
-    table = []
-    for tau in CANDIDATES:
-        q, steps = [], []
-        for i in range(len(rows)):
-            stop = first_stop(checks[i], tau, a.min_steps)
-            q.append(final_q[i] if stop is None else ssim(x0_images[(i, stop)], i))
-            steps.append(a.budget if stop is None else stop)
-        table.append({"threshold": tau, "mean_ssim": round(float(np.mean(q)), 5), "mean_steps": round(float(np.mean(steps)), 2),
-                      "stopped_share": round(float(np.mean([s < a.budget for s in steps])), 3),
-                      "keeps_fixed_quality": bool(np.mean(q) >= fixed_q)})
-    # Largest τ such that it and every smaller candidate keep the quality (a lucky isolated τ is not chosen).
-    chosen = 0.0
-    for row in table:
-        if not row["keeps_fixed_quality"]:
-            break
-        chosen = row["threshold"]
+        from actors.diffusion import DiffusionCore
+        from actors.early_stop import EarlyStopConfig, EarlyStopSampler
 
-    # 4. Report
-    print(f"fixed {a.budget}: mean SSIM to {a.reference_steps}-step reference = {fixed_q:.4f} "
-          f"({len(prompts)} prompts × {len(seeds)} seeds, interval {a.interval}, min_steps {a.min_steps})")
-    print(f"{'threshold':>9} {'mean SSIM':>9} {'mean steps':>10} {'stopped':>7}  keeps")
-    for row in table:
-        print(f"{row['threshold']:>9} {row['mean_ssim']:>9.4f} {row['mean_steps']:>10.2f} {row['stopped_share']:>7.2f}  "
-              f"{'yes' if row['keeps_fixed_quality'] else 'no'}")
-    print(f"chosen threshold: {chosen}")
-    result = {
-        "model": Path(a.model).name, "model_unet_sha256": model_fingerprint(a.model), "guidance_scale": guidance, "prompt_seed": PROMPT_SEED, "image_seeds": seeds,
-        "prompts": len(prompts), "budget": a.budget, "reference_steps": a.reference_steps, "interval": a.interval,
-        "min_steps": a.min_steps, "fixed_budget_mean_ssim": round(fixed_q, 5), "table": table,
-        "chosen_threshold": chosen, "wall_s": round(time.perf_counter() - t0, 1), "smoke_test": a.smoke_test,
-    }
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(json.dumps(result, indent=2))
-    print(f"wrote {a.out}")
+        torch.set_num_threads(a.threads)
+        rows = pick_rows(a.rows, CAL_PROMPTS)
+        core = DiffusionCore(a.model, "ddim", batch_size=a.batch_size, num_threads=a.threads)
+        sampler = EarlyStopSampler(core.pipe, EarlyStopConfig(threshold=0.0, interval=a.interval, min_steps=1))
+        work.mkdir(parents=True, exist_ok=True)
+        if not a.resume:
+            for f in work.glob("part-*.parquet"):
+                f.unlink()
+        batches = [rows[s : s + a.batch_size] for s in range(0, len(rows), a.batch_size)]
+        for b, batch in enumerate(batches):
+            part = work / f"part-{b:04d}.parquet"
+            if part.exists():
+                continue
+            tb = time.perf_counter()
+            cols = record_batch(core, sampler, batch, b * a.batch_size, budgets, REFERENCE_STEPS)
+            pq.write_table(pa.table(cols), part)
+            print(f"[early-stop] batch {b + 1}/{len(batches)}: {len(batch)} rows in {time.perf_counter() - tb:.0f}s "
+                  f"({time.perf_counter() - t0:.0f}s total)", flush=True)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        table = pa.concat_tables([pq.read_table(f) for f in sorted(work.glob("part-*.parquet"))])
+        pq.write_table(table, traj_file, compression="zstd")
+    traj = {k: np.asarray(v) for k, v in pq.read_table(traj_file).to_pydict().items()}
+    traj["run"] = traj["row"].astype(np.int64) * 1000 + traj["budget"].astype(np.int64)
+
+    # Fit on 80% of the prompts, validate on the rest; then refit on every row for the artifact.
+    x = signal_features(traj["step"], traj["budget"], traj["t"], traj["rate"], traj["rate_prev"], 1000)
+    y = (traj["ssim_final" if a.label == "final" else "ssim_ref"] >= a.criterion).astype(float)
+    usable = ~np.isnan(traj["rate"])  # the first check has no rate: the rules never stop there
+    prompts = np.unique(traj["prompt"])
+    rng = np.random.default_rng(1)
+    val_prompts = set(rng.choice(prompts, size=max(1, len(prompts) // 5), replace=False).tolist())
+    is_val = np.array([p in val_prompts for p in traj["prompt"]])
+    val_runs = np.unique(traj["run"][is_val])
+    fit = fit_signal(x[usable & ~is_val], y[usable & ~is_val])
+    p_all = np.where(usable, fit.prob(np.nan_to_num(x)), 0.0)
+    val_auc = auc(p_all[usable & is_val], y[usable & is_val])
+    rate_auc = auc(-np.nan_to_num(traj["rate"], nan=np.inf)[usable & is_val], y[usable & is_val])
+
+    levels = [{"level": L, **summarise(traj, p_all >= L, a.min_steps, val_runs)} for L in LEVEL_CANDIDATES]
+    rates = [{"threshold": tau, **summarise(traj, np.nan_to_num(traj["rate"], nan=np.inf) < tau, a.min_steps, val_runs)}
+             for tau in RATE_CANDIDATES]
+    level = choose(levels, a.max_loss, "level")
+    rate_tau = choose(rates, a.max_loss, "threshold")
+    per_budget = {}
+    for bud in budgets:
+        runs_b = np.unique(traj["run"][is_val & (traj["budget"] == bud)])
+        per_budget[str(bud)] = {"learned": summarise(traj, p_all >= level, a.min_steps, runs_b),
+                                "rate": summarise(traj, np.nan_to_num(traj["rate"], nan=np.inf) < rate_tau, a.min_steps, runs_b)}
+
+    meta = {"model": Path(a.model).name, "model_unet_sha256": model_fingerprint(a.model), "scheduler": "ddim",
+            "criterion": a.criterion, "label": a.label, "reference_steps": REFERENCE_STEPS, "budgets": budgets,
+            "min_steps": a.min_steps, "interval": a.interval, "rows": int(len(np.unique(traj["row"]))),
+            "checks": int(usable.sum()), "validation_auc": round(val_auc, 4), "rate_only_validation_auc": round(rate_auc, 4),
+            "max_loss": a.max_loss}
+    final = fit_signal(x[usable], y[usable], level=level, meta=meta)
+    final.save(out_dir)
+
+    print(f"trajectories: {meta['rows']} rows × budgets {budgets}, {meta['checks']} checks; label = x̂0 SSIM ≥ "
+          f"{a.criterion} to the {'budget’s last image' if a.label == 'final' else f'{REFERENCE_STEPS}-step image'}")
+    print(f"validation ({len(val_prompts)} prompts unseen by the fit): AUC learned {val_auc:.3f} vs rate alone {rate_auc:.3f}")
+    print(f"{'rule':<18}{'mean steps':>11}{'of budget':>10}{'mean SSIM':>11}{'loss':>9}{'stopped':>9}")
+    for r in levels:
+        print(f"{'learned ≥ ' + str(r['level']):<18}{r['mean_steps']:>11.1f}{r['budget_mean_steps']:>10.1f}"
+              f"{r['mean_ssim']:>11.4f}{r['ssim_loss']:>9.4f}{r['stopped_share']:>9.2f}")
+    for r in rates:
+        print(f"{'rate < ' + str(r['threshold']):<18}{r['mean_steps']:>11.1f}{r['budget_mean_steps']:>10.1f}"
+              f"{r['mean_ssim']:>11.4f}{r['ssim_loss']:>9.4f}{r['stopped_share']:>9.2f}")
+    print(f"chosen (loss ≤ {a.max_loss}): learned level {level}, rate threshold {rate_tau}")
+    result = {**meta, "chosen_level": level, "chosen_rate_threshold": rate_tau, "validation_prompts": len(val_prompts),
+              "levels": levels, "rates": rates, "per_budget_validation": per_budget, "features": list(SIGNAL_FEATURES),
+              "wall_s": round(time.perf_counter() - t0, 1), "smoke_test": a.smoke_test}
+    Path(a.results).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.results).write_text(json.dumps(result, indent=1) + "\n")
+    print(f"wrote {out_dir / 'signal.json'}, {traj_file} and {a.results}")
     return 0
 
 

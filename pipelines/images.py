@@ -135,9 +135,7 @@ def run(settings: Settings, src: str, dest: str, run_id: str | None = None) -> R
         DiffusionActor,
         fn_constructor_kwargs=dict(
             model=s.model, scheduler=s.scheduler, guidance_scale=s.guidance_scale, batch_size=s.batch_size,
-            num_threads=max(1, math.ceil(s.cpus_per_actor)), early_stop=s.early_stop,
-            early_stop_threshold=s.early_stop_threshold, early_stop_interval=s.early_stop_interval,
-            early_stop_min_steps=s.early_stop_min_steps,
+            num_threads=max(1, math.ceil(s.cpus_per_actor)), **s.early_stop_kwargs(),
         ),
         batch_size=s.group_window,
         compute=ray.data.ActorPoolStrategy(min_size=s.actors_min, max_size=max(s.actors_min, s.actors_max)),

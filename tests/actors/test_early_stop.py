@@ -195,3 +195,91 @@ def test_cli_early_stop_flag_reaches_the_job_settings(monkeypatch, tmp_path):
     assert seen.pop("s").images.early_stop is True
     r = CliRunner().invoke(app, args + ["--no-early-stop"])
     assert r.exit_code == 0 and seen.pop("s").images.early_stop is False
+
+
+# The learned signal ----------------------------------------------------------------------------------------------
+
+
+def _toy_signal(level=0.5):
+    """A signal that fires once 64% of the budget has run (weights on budget_share only)."""
+    from actors.early_stop import LearnedSignal, SIGNAL_FEATURES
+
+    w = [0.0] * len(SIGNAL_FEATURES)
+    w[SIGNAL_FEATURES.index("budget_share")] = 50.0
+    return LearnedSignal(tuple(w), -32.0, (0.0,) * 5, (1.0,) * 5, level)  # σ ≥ 0.5 from share 0.64
+
+
+def test_signal_features_fill_a_missing_previous_rate_with_the_current_one():
+    from actors.early_stop import SIGNAL_FEATURES, signal_features
+
+    x = signal_features([4, 6], [10, 10], [600, 400], [0.5, 0.2], [np.nan, 0.5], 1000)
+    assert x.shape == (2, len(SIGNAL_FEATURES))
+    assert x[0, 0] == x[0, 1] == pytest.approx(np.log(0.5))  # no previous check: prev = current
+    assert x[1, 1] == pytest.approx(np.log(0.5)) and x[1, 3] == pytest.approx(0.6) and x[0, 2] == pytest.approx(0.6)
+
+
+def test_fit_signal_learns_a_separable_rule_and_round_trips(tmp_path):
+    from actors.early_stop import LearnedSignal, fit_signal
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(400, 5))
+    y = (x[:, 3] - 0.5 * x[:, 0] > 0).astype(float)  # passes late in the budget and when x̂0 moves little
+    sig = fit_signal(x, y, level=0.8, meta={"criterion": 0.995})
+    assert np.mean((sig.prob(x) >= 0.5) == y) > 0.95
+    assert sig.weights[3] > 0 > sig.weights[0]
+    back = LearnedSignal.load(sig.save(tmp_path))
+    assert back == sig and back.meta["criterion"] == 0.995
+    np.testing.assert_allclose(back.prob(x), sig.prob(x))
+
+
+def test_signal_load_errors_are_one_line(tmp_path):
+    from actors.early_stop import LearnedSignal
+
+    with pytest.raises(EarlyStopError, match="no learned early-stop signal"):
+        LearnedSignal.load(tmp_path / "missing")
+    (tmp_path / "signal.json").write_text('{"format": "something else"}')
+    with pytest.raises(EarlyStopError, match="is not a dynagen-early-stop-signal"):
+        LearnedSignal.load(tmp_path)
+
+
+def test_learned_rule_stops_where_its_probability_passes(plain):
+    from actors.early_stop import first_pass, signal_features
+
+    sig = _toy_signal()
+    cfg = EarlyStopConfig(signal=sig, interval=2, min_steps=2)
+    out = EarlyStopSampler(plain.pipe, cfg)(PROMPTS, _gens(SEEDS), 10, GUIDANCE)
+    assert out.steps_run == [8, 8, 8] and all(out.stopped_early)  # 8/10 > 0.6; 6/10 is not
+    # The replay rule gives the same stop from the recorded checks.
+    traces = []
+    EarlyStopSampler(plain.pipe, EarlyStopConfig(threshold=0.0, interval=2, min_steps=2))(
+        PROMPTS[:1], _gens(SEEDS[:1]), 10, GUIDANCE, on_check=traces.append)
+    steps = [tr.step for tr in traces]
+    p = [float(sig.prob(signal_features(tr.step, tr.budget, tr.t, tr.rate, tr.rate_prev, 1000))[0]) for tr in traces]
+    passes = [pi >= sig.level and not np.isnan(tr.rate[0]) for pi, tr in zip(p, traces)]
+    assert first_pass(steps, passes, 2) == 8
+    # A level above every probability never stops; `level` overrides the signal's own.
+    never = EarlyStopSampler(plain.pipe, EarlyStopConfig(signal=_toy_signal(), level=1.0, interval=2, min_steps=2))
+    assert never(PROMPTS, _gens(SEEDS), 10, GUIDANCE).stopped_early == [False] * 3
+
+
+def test_check_trace_carries_the_timestep_budget_and_previous_rate(sampler):
+    traces = []
+    sampler(PROMPTS, _gens(SEEDS), STEPS, GUIDANCE, on_check=traces.append)
+    assert [tr.step for tr in traces] == [2, 4, 6] and all(tr.budget == STEPS for tr in traces)
+    assert np.isnan(traces[0].rate).all() and np.isnan(traces[1].rate_prev).all()
+    np.testing.assert_array_equal(traces[2].rate_prev, traces[1].rate)
+    assert traces[0].t > traces[1].t > traces[2].t
+
+
+def test_settings_select_the_committed_learned_signal_by_default():
+    from pathlib import Path
+
+    from actors.early_stop import LearnedSignal
+    from dynagen.settings import ImageSettings
+
+    kw = ImageSettings().early_stop_kwargs()
+    sig = LearnedSignal.load(kw["early_stop_signal"])  # committed artifact, loads as the job would
+    assert Path(kw["early_stop_signal"]).name == "early-stop" and 0 < sig.level <= 1
+    assert sig.meta["model"] == "tiny-sd" and sig.meta["validation_auc"] > sig.meta["rate_only_validation_auc"]
+    rate = ImageSettings(early_stop_signal="rate").early_stop_kwargs()
+    assert rate["early_stop_signal"] is None and rate["early_stop_threshold"] == ImageSettings().early_stop_threshold

@@ -186,7 +186,8 @@ def test_image_deployment_early_stop_reports_steps_run(ray_local, tiny_model):
     from dynagen.serve import ImageGenerator
     from dynagen.settings import load_settings
 
-    over = {"images.model": tiny_model, "images.early_stop": True, "images.early_stop_threshold": 1e9,
+    over = {"images.model": tiny_model, "images.early_stop": True, "images.early_stop_signal": "rate",
+            "images.early_stop_threshold": 1e9,
             "images.early_stop_min_steps": 2, "images.early_stop_interval": 1}
     settings, _ = load_settings(overrides=over, env={})
     gen = ImageGenerator.func_or_class(settings.model_dump_json())
