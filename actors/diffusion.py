@@ -17,6 +17,8 @@ from typing import Any, Hashable, Sequence
 
 import numpy as np
 
+from dynagen.records import ERROR, runtime_error
+
 SCHEDULERS = {
     "ddim": "DDIMScheduler",
     "euler": "EulerDiscreteScheduler",
@@ -259,9 +261,9 @@ class DiffusionCore:
                     [out["negative_prompt"][i] or "" for i in idx],
                 )
             except Exception as e:  # record per row; the other batches still run
-                msg = f"generation failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-                for i in idx:
-                    out["status"][i], out["error"][i] = "failed", msg[:500]
+                msg = runtime_error(e)
+                for i in idx:  # a good row the model could not finish: a rerun retries it
+                    out["status"][i], out["error"][i] = ERROR, msg
                 continue
             ms = (time.perf_counter() - t0) * 1000
             # Measured evals split by steps run: every sample-step costs the same (1, or 2 with CFG).

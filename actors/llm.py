@@ -17,6 +17,8 @@ from typing import Any, Literal, Sequence
 
 import numpy as np
 
+from dynagen.records import ERROR, runtime_error
+
 OverContext = Literal["truncate", "fail"]
 # "org/name" or "name": what the hub accepts as a model id (a local folder is tried first).
 HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9][A-Za-z0-9_.-]*)?$")
@@ -217,9 +219,9 @@ class LLMCore:
             try:
                 completions = self.generate([ids[i] for i in idx])
             except Exception as e:  # record per row; the other batches still run
-                msg = f"generation failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-                for i in idx:
-                    out["status"][i], out["error"][i] = "failed", msg[:500]
+                msg = runtime_error(e)
+                for i in idx:  # a good row the model could not finish: a rerun retries it
+                    out["status"][i], out["error"][i] = ERROR, msg
                 continue
             ms = (time.perf_counter() - t0) * 1000
             self.busy_s += ms / 1000

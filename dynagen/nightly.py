@@ -316,10 +316,15 @@ def run_night(spec: NightlySpec, night: Date, base: Settings | None = None,
             continue
         res.ok, res.failed, res.skipped = summary.ok, summary.failed, summary.skipped
         res.run_id = getattr(summary, "run_id", "")
-        processed = res.ok + res.failed
-        if processed and res.failed / processed > spec.limits.max_failed_share:
+        # Judged on the destination, every attempt of the night counted: a rerun that skips everything must not
+        # turn a failed night green, and rows a retry fixed no longer count against it.
+        dest_ok, dest_failed = getattr(summary, "dest_ok", 0), getattr(summary, "dest_failed", 0)
+        if dest_ok + dest_failed == 0:  # a runner that reports only this attempt
+            dest_ok, dest_failed = res.ok, res.failed
+        processed = dest_ok + dest_failed
+        if processed and dest_failed / processed > spec.limits.max_failed_share:
             res.status = "failed"
-            res.error = (f"{res.failed} of {processed} rows failed (> limits.max_failed_share "
+            res.error = (f"{dest_failed} of {processed} rows in the destination failed (> limits.max_failed_share "
                          f"{spec.limits.max_failed_share:g}); see {res.dest}/runs/{res.run_id}.json")
         else:
             res.status = "ok"

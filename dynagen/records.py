@@ -12,6 +12,30 @@ ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 MAX_SEED = 2**32 - 1
 MAX_STEPS = 1000
 
+# Row outcomes, and what a rerun does with each. One rule, used by the sinks' resume, the audit and the nightly.
+OK = "ok"
+FAILED = "failed"  # the input is bad (empty prompt, bad seed, too long): final, a rerun would fail it the same way
+ERROR = "error"  # a good row the run could not finish (the model raised, a worker died): a rerun retries it
+FINAL_STATUSES = (OK, FAILED)
+_RANK = {ERROR: 0, FAILED: 1, OK: 2}
+
+
+def runtime_error(e: BaseException, what: str = "generation") -> str:
+    """The one-line reason an ERROR row records: ``<what> failed: <Type>: <first line>`` (≤ 500 characters)."""
+    first = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), "")
+    return (f"{what} failed: {type(e).__name__}" + (f": {first}" if first else ""))[:500]
+
+
+def outcomes(ids, statuses) -> dict[str, str]:
+    """Per id its outcome over every run of a destination: a retried row's ok (or input failure) supersedes its
+    earlier runtime error; an id with only errors stays ERROR."""
+    best: dict[str, str] = {}
+    for i, s in zip(ids, statuses):
+        if i not in best or _RANK.get(s, 0) > _RANK.get(best[i], 0):
+            best[i] = s
+    return best
+
+
 # Columns every stage passes along (the normalized prompt row).
 ROW_COLUMNS = ("id", "prompt", "negative_prompt", "seed", "steps", "status", "error")
 
@@ -56,7 +80,8 @@ class RunSummary:
     finished_at: str = ""
     wall_s: float = 0.0
     ok: int = 0
-    failed: int = 0
+    failed: int = 0  # rows of this run that did not produce an image (input failures and runtime errors)
+    retryable: int = 0  # of those, runtime errors: the next run of the same command tries them again
     skipped: int = 0  # already done by an earlier run (resume)
     duplicates: int = 0  # repeated ids in the input, generated once
     images_per_s: float = 0.0
@@ -69,6 +94,9 @@ class RunSummary:
     failure_reasons: dict[str, int] = field(default_factory=dict)
     bad_shards: list[dict[str, str]] = field(default_factory=list)
     settings: dict[str, Any] = field(default_factory=dict)
+    # The destination after this run, every run counted (per id, its latest outcome): what a night is judged on.
+    dest_ok: int = 0
+    dest_failed: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

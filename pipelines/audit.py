@@ -14,10 +14,11 @@ from dynagen.storage import Storage
 
 @dataclass
 class AuditReport:
-    rows: int = 0
-    ok: int = 0
-    failed: int = 0
-    duplicated: list[str] = field(default_factory=list)  # ids with more than one metadata row
+    rows: int = 0  # metadata rows (a retried id has one per attempt)
+    ok: int = 0  # ids whose latest outcome is ok
+    failed: int = 0  # ids that failed: bad input (final) or a runtime error no rerun has fixed yet
+    retryable: list[str] = field(default_factory=list)  # of those, runtime errors: the next rerun retries them
+    duplicated: list[str] = field(default_factory=list)  # ids with more than one final row (ok or input failure)
     missing_images: list[str] = field(default_factory=list)  # ok rows whose image is absent or unreadable
     orphans: list[str] = field(default_factory=list)  # images with no ok row
     failed_without_reason: list[str] = field(default_factory=list)
@@ -31,30 +32,28 @@ class AuditReport:
 def audit(storage: Storage, expected_ids: set[str] | None = None, open_images: bool = True) -> AuditReport:
     from PIL import Image
 
+    from dynagen.records import ERROR, FINAL_STATUSES, OK, outcomes
     from pipelines.sinks import read_metadata
 
     meta = read_metadata(storage, ["id", "status", "error"]).to_pylist()
-    counts = Counter(m["id"] for m in meta)
+    best = outcomes([m["id"] for m in meta], [m["status"] for m in meta])
+    finals = Counter(m["id"] for m in meta if m["status"] in FINAL_STATUSES)
     images = {k[len("images/") : -len(".png")] for k in storage.list("images") if k.endswith(".png")}
     r = AuditReport(rows=len(meta))
-    ok_ids = set()
-    for m in meta:
-        if m["status"] == "ok":
-            r.ok += 1
-            ok_ids.add(m["id"])
-            if m["id"] not in images:
-                r.missing_images.append(m["id"])
-            elif open_images:
-                try:
-                    Image.open(io.BytesIO(storage.get_bytes(f"images/{m['id']}.png"))).verify()
-                except Exception:
-                    r.missing_images.append(m["id"])
-        else:
-            r.failed += 1
-            if not m["error"]:
-                r.failed_without_reason.append(m["id"])
-    r.duplicated = sorted(i for i, c in counts.items() if c > 1)
+    ok_ids = {i for i, s in best.items() if s == OK}
+    for i in sorted(ok_ids):
+        if i not in images:
+            r.missing_images.append(i)
+        elif open_images:
+            try:
+                Image.open(io.BytesIO(storage.get_bytes(f"images/{i}.png"))).verify()
+            except Exception:
+                r.missing_images.append(i)
+    r.ok, r.failed = len(ok_ids), len(best) - len(ok_ids)
+    r.retryable = sorted(i for i, s in best.items() if s == ERROR)
+    r.failed_without_reason = sorted({m["id"] for m in meta if m["status"] != OK and not m["error"]})
+    r.duplicated = sorted(i for i, c in finals.items() if c > 1)
     r.orphans = sorted(images - ok_ids)
     if expected_ids is not None:
-        r.lost = sorted(expected_ids - set(counts))
+        r.lost = sorted(expected_ids - set(best))
     return r

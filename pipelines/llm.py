@@ -20,6 +20,7 @@ from typing import Any, Iterable
 
 from ray.data import Datasink
 
+from dynagen.records import ERROR, FINAL_STATUSES, OK, outcomes
 from dynagen.settings import Settings
 from dynagen.storage import Storage
 from pipelines.images import LIGHT_CPU, RunError, _claim, check_inputs, new_run_id, root_cause
@@ -75,7 +76,8 @@ class LLMRunSummary:
     finished_at: str = ""
     wall_s: float = 0.0
     ok: int = 0
-    failed: int = 0
+    failed: int = 0  # rows of this run not answered (input failures and runtime errors)
+    retryable: int = 0  # of those, runtime errors: the next run retries them
     skipped: int = 0  # done by an earlier run (resume)
     duplicates: int = 0  # repeated ids in the input, answered once
     routes: dict[str, int] = field(default_factory=dict)  # small / large / none (failed before routing)
@@ -84,6 +86,8 @@ class LLMRunSummary:
     failure_reasons: dict[str, int] = field(default_factory=dict)
     bad_shards: list[dict[str, str]] = field(default_factory=list)
     settings: dict[str, Any] = field(default_factory=dict)
+    dest_ok: int = 0  # the destination after this run, every run counted (each id by its latest outcome)
+    dest_failed: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -138,7 +142,7 @@ def block_stats(rows: dict[str, list]) -> dict[str, Any]:
     pools: dict[str, dict[str, Any]] = {}
     routes: Counter[str] = Counter()
     reasons: Counter[str] = Counter()
-    ok = failed = 0
+    ok = failed = retryable = 0
     for i, status in enumerate(rows["status"]):
         route = rows["route"][i] or "none"
         routes[route] += 1
@@ -146,6 +150,7 @@ def block_stats(rows: dict[str, list]) -> dict[str, Any]:
             ok += 1
         else:
             failed += 1
+            retryable += status == ERROR
             reasons[(rows["error"][i] or "").split(";")[0][:80]] += 1
         if route not in ROUTES:
             continue
@@ -158,11 +163,13 @@ def block_stats(rows: dict[str, list]) -> dict[str, Any]:
         if rows["batch_size"][i]:
             # Each row carries its batch's latency; its share of the batch's time adds up to the batch's time once.
             p["busy_s"] += float(rows["latency_ms"][i]) / 1000 / int(rows["batch_size"][i])
-    return {"ok": ok, "failed": failed, "routes": routes, "failure_reasons": reasons, "pools": pools}
+    return {"ok": ok, "failed": failed, "retryable": retryable, "routes": routes, "failure_reasons": reasons,
+            "pools": pools}
 
 
 def merge_stats(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
-    out = {"ok": a["ok"] + b["ok"], "failed": a["failed"] + b["failed"], "routes": a["routes"] + b["routes"],
+    out = {"ok": a["ok"] + b["ok"], "failed": a["failed"] + b["failed"],
+           "retryable": a.get("retryable", 0) + b.get("retryable", 0), "routes": a["routes"] + b["routes"],
            "failure_reasons": a["failure_reasons"] + b["failure_reasons"], "pools": {}}
     for route in set(a["pools"]) | set(b["pools"]):
         pa_, pb = a["pools"].get(route), b["pools"].get(route)
@@ -191,11 +198,11 @@ class ResponseSink(Datasink):
     def finish(self, returns: Iterable[dict[str, Any]]) -> LLMRunSummary:
         """Aggregate write-task stats, write the summary JSON; return the summary."""
         s = self.summary
-        total = {"ok": 0, "failed": 0, "routes": Counter(), "failure_reasons": Counter(), "pools": {}}
+        total = {"ok": 0, "failed": 0, "retryable": 0, "routes": Counter(), "failure_reasons": Counter(), "pools": {}}
         for r in returns:
             if r:
                 total = merge_stats(total, r)
-        s.ok, s.failed = total["ok"], total["failed"]
+        s.ok, s.failed, s.retryable = total["ok"], total["failed"], total["retryable"]
         s.routes = {k: int(total["routes"].get(k, 0)) for k in (*ROUTES, "none")}
         routed = s.routes["small"] + s.routes["large"]
         s.realised_large_share = round(s.routes["large"] / routed, 4) if routed else None
@@ -211,6 +218,7 @@ class ResponseSink(Datasink):
             s.skipped, s.duplicates = st["done"], st["duplicate"]
         s.wall_s = round(time.time() - self._t0, 3)
         s.finished_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        s.dest_ok, s.dest_failed = destination_totals(self.storage)  # responses are written: every run counted
         self.storage.put_bytes(f"runs/{s.run_id}.json", json.dumps(s.to_dict(), indent=2).encode(), "application/json")
         return s
 
@@ -248,8 +256,17 @@ def read_responses(storage: Storage, columns: list[str] | None = None):
 
 
 def done_ids(storage: Storage) -> set[str]:
-    """Ids an earlier run wrote (answered or failed: as in the image job, recorded failures are final)."""
-    return set(read_responses(storage, ["id"])["id"].to_pylist())
+    """Ids an earlier run finished: answered, or failed on bad input. Runtime errors are retried (as in the image job)."""
+    t = read_responses(storage, ["id", "status"])
+    return {i for i, s in outcomes(t["id"].to_pylist(), t["status"].to_pylist()).items() if s in FINAL_STATUSES}
+
+
+def destination_totals(storage: Storage) -> tuple[int, int]:
+    """(ok, not ok) over the destination's ids, every run counted, each id by its latest outcome."""
+    t = read_responses(storage, ["id", "status"])
+    best = outcomes(t["id"].to_pylist(), t["status"].to_pylist())
+    ok = sum(1 for s in best.values() if s == OK)
+    return ok, len(best) - ok
 
 
 # 3. The run ---------------------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from typing import Any, Iterable
 
 from ray.data import Datasink
 
-from dynagen.records import METADATA_COLUMNS, RunSummary, metadata_schema
+from dynagen.records import ERROR, FAILED, METADATA_COLUMNS, OK, RunSummary, metadata_schema, outcomes
 from dynagen.storage import Storage
 
 THUMBS_PER_STEP = 6  # contact-sheet samples each write task keeps per step count
@@ -68,6 +68,7 @@ def block_stats(rows: dict[str, list]) -> dict[str, Any]:
     stats = {
         "ok": len(ok),
         "failed": len(rows["status"]) - len(ok),
+        "retryable": sum(1 for s in rows["status"] if s == ERROR),
         "denoising_steps": sum(int(rows["steps"][i]) for i in ok),
         "unet_evals": sum(int(rows["unet_evals"][i]) for i in ok),
         "steps_histogram": Counter(str(int(rows["steps"][i])) for i in ok),
@@ -106,6 +107,7 @@ class ImageSink(Datasink):
         for r in returns:
             s.ok += r["ok"]
             s.failed += r["failed"]
+            s.retryable += r.get("retryable", 0)
             s.denoising_steps += r["denoising_steps"]
             s.unet_evals += r["unet_evals"]
             hist.update(r["steps_histogram"])
@@ -128,6 +130,7 @@ class ImageSink(Datasink):
         s.steps_histogram = dict(sorted(hist.items(), key=key))
         s.predicted_steps_histogram = dict(sorted(phist.items(), key=key))
         s.failure_reasons = dict(reasons.most_common(20))
+        s.dest_ok, s.dest_failed = destination_totals(self.storage)  # metadata is written: every run counted
         self.storage.put_bytes(f"runs/{s.run_id}.json", json.dumps(s.to_dict(), indent=2).encode(), "application/json")
         html = render_report(s, dict(sorted(thumbs.items(), key=key)))
         self.storage.put_bytes(f"runs/{s.run_id}.html", html.encode(), "text/html")
@@ -164,7 +167,7 @@ class ImageSink(Datasink):
 
 def _merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     out = dict(a)
-    for k in ("ok", "failed", "denoising_steps", "unet_evals"):
+    for k in ("ok", "failed", "retryable", "denoising_steps", "unet_evals"):
         out[k] = a[k] + b[k]
     for k in ("steps_histogram", "predicted_steps_histogram", "failure_reasons"):
         out[k] = a[k] + b[k]
@@ -191,7 +194,17 @@ def read_metadata(storage: Storage, columns: list[str] | None = None):
 
 
 def done_ids(storage: Storage) -> set[str]:
-    """Ids an earlier run finished: ok with the image present, or failed (input errors are final)."""
+    """Ids an earlier run finished: ok with the image present, or failed on bad input (final). Runtime errors
+    (status ``error``) are not done: the rerun retries them."""
     table = read_metadata(storage, ["id", "status"])
     images = {k[len("images/") : -len(".png")] for k in storage.list("images")}
-    return {i for i, s in zip(table["id"].to_pylist(), table["status"].to_pylist()) if s != "ok" or i in images}
+    best = outcomes(table["id"].to_pylist(), table["status"].to_pylist())
+    return {i for i, s in best.items() if s == FAILED or (s == OK and i in images)}
+
+
+def destination_totals(storage: Storage) -> tuple[int, int]:
+    """(ok, not ok) over the destination's ids, every run counted, each id by its latest outcome."""
+    table = read_metadata(storage, ["id", "status"])
+    best = outcomes(table["id"].to_pylist(), table["status"].to_pylist())
+    ok = sum(1 for s in best.values() if s == OK)
+    return ok, len(best) - ok

@@ -25,7 +25,8 @@ def audit(
         r = run_audit(store, open_images=open_images)
     except StorageError as e:
         exit_with_error(str(e))
-    typer.echo(f"{r.rows} rows: {r.ok} ok, {r.failed} failed; duplicated ids {len(r.duplicated)}, "
+    retry = f" ({len(r.retryable)} runtime errors a rerun retries)" if r.retryable else ""
+    typer.echo(f"{r.rows} rows: {r.ok} ok, {r.failed} failed{retry}; duplicated ids {len(r.duplicated)}, "
                f"missing/unreadable images {len(r.missing_images)}, orphan images {len(r.orphans)}, "
                f"failed without reason {len(r.failed_without_reason)}")
     for name in ("duplicated", "missing_images", "orphans", "failed_without_reason"):

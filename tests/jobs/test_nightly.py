@@ -107,6 +107,8 @@ class FakeSummary:
     failed: int
     skipped: int = 0
     run_id: str = "r1"
+    dest_ok: int = 0  # 0 + 0: the night falls back to this attempt's counts
+    dest_failed: int = 0
 
 
 def test_failed_jobs_make_a_failed_night_with_a_summary(tmp_path):
@@ -129,7 +131,7 @@ def test_failed_jobs_make_a_failed_night_with_a_summary(tmp_path):
     assert [j.status for j in result.jobs] == ["ok", "failed", "ok", "failed"] and not result.ok
     lines = result.lines()
     assert "RuntimeError: model exploded" in lines[1] and "long traceback" not in lines[1]
-    assert "3 of 4 rows failed" in lines[3]
+    assert "3 of 4 rows in the destination failed" in lines[3]
     assert lines[-1] == "night 2026-01-02 of 't': FAILED (2 of 4 jobs: crashy, badrows)"
     record = json.loads((tmp_path / "out" / "2026-01-02" / "nightly.json").read_text())
     assert record["ok"] is False and [j["status"] for j in record["jobs"]] == ["ok", "failed", "ok", "failed"]
@@ -138,6 +140,18 @@ def test_failed_jobs_make_a_failed_night_with_a_summary(tmp_path):
     result = run_night(parse_spec(d), NIGHT, runners={"images": images, "llm": lambda s, a, b: FakeSummary(2, 0)},
                        log=lambda m: None)
     assert [j.status for j in result.jobs] == ["ok", "failed", "skipped", "skipped"]
+
+
+def test_a_rerun_that_skips_everything_keeps_a_failed_night_failed(tmp_path):
+    """The failed share is the destination's (every attempt counted), not this attempt's: a rerun with nothing left
+    to do must not turn the night green, and rows a retry fixed stop counting against it."""
+    d = spec_dict(tmp_path, limits={"max_failed_share": 0.25})
+    write_prompts(tmp_path / "in" / "2026-01-02.jsonl", 2)
+    rerun = lambda s, a, b: FakeSummary(ok=0, failed=0, skipped=4, dest_ok=1, dest_failed=3)  # noqa: E731
+    result = run_night(parse_spec(d), NIGHT, runners={"images": rerun}, log=lambda m: None)
+    assert [j.status for j in result.jobs] == ["failed"] and "3 of 4 rows in the destination" in result.jobs[0].error
+    fixed = lambda s, a, b: FakeSummary(ok=3, failed=0, skipped=1, dest_ok=4, dest_failed=0)  # noqa: E731
+    assert run_night(parse_spec(d), NIGHT, runners={"images": fixed}, log=lambda m: None).ok
 
 
 # ---- a real night (local Ray, tiny random model) ----------------------------------------------------------------
