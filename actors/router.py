@@ -35,6 +35,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from dynagen.records import prompt_problem
+
 from actors import encoder as minilm
 
 FORMAT = "dynagen-router/1"
@@ -58,12 +60,9 @@ class RouterError(RuntimeError):
 
 
 def validate_prompt(prompt: Any) -> str | None:
-    """None if ``prompt`` can be scored, else a one-line reason."""
-    if not isinstance(prompt, str):
-        return f"prompt must be a string, got {type(prompt).__name__}"
-    if not prompt.strip():
-        return "prompt is empty" if prompt == "" else "prompt is whitespace-only"
-    return None
+    """None if ``prompt`` can be scored, else a one-line reason (the shared rule, ``records.prompt_problem``)."""
+    problem = prompt_problem(prompt)
+    return problem.reason if problem else None
 
 
 def holdout_split(prompts: Sequence[str], val_percent: int = VAL_PERCENT) -> np.ndarray:

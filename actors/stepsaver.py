@@ -31,6 +31,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from dynagen.records import prompt_problem
+
 from actors.encoder import EncoderConfig, EncoderError, PromptEncoder
 
 FORMAT = "dynagen-stepsaver/1"
@@ -49,14 +51,9 @@ class ArtifactError(RuntimeError):
 
 
 def validate_prompt(prompt: Any, max_chars: int = MAX_PROMPT_CHARS) -> str | None:
-    """None if ``prompt`` can be scored, else a one-line reason (non-string, empty, whitespace-only, too long)."""
-    if not isinstance(prompt, str):
-        return f"prompt must be a string, got {type(prompt).__name__}"
-    if not prompt.strip():
-        return "prompt is empty" if prompt == "" else "prompt is whitespace-only"
-    if len(prompt) > max_chars:
-        return f"prompt is {len(prompt)} characters (max {max_chars})"
-    return None
+    """None if ``prompt`` can be scored, else a one-line reason (the shared rule, ``records.prompt_problem``)."""
+    problem = prompt_problem(prompt, max_chars)
+    return problem.reason if problem else None
 
 
 def exceed_targets(min_steps: Sequence[int], grid: Sequence[int]) -> np.ndarray:

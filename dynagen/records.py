@@ -36,6 +36,28 @@ def outcomes(ids, statuses) -> dict[str, str]:
     return best
 
 
+@dataclass(frozen=True)
+class PromptProblem:
+    """Why a prompt cannot be used: ``kind`` (type / empty / nul / too_long, for HTTP codes) and a one-line reason."""
+
+    kind: str
+    reason: str
+
+
+def prompt_problem(prompt: Any, max_chars: int | None = None) -> PromptProblem | None:
+    """The one rule for a usable prompt (batch sources, StepSaver, the router and Serve all apply it): a string,
+    not empty or whitespace-only, no NUL byte, at most ``max_chars`` characters. None = usable."""
+    if not isinstance(prompt, str):
+        return PromptProblem("type", f"prompt must be a string, got {type(prompt).__name__}")
+    if not prompt.strip():
+        return PromptProblem("empty", "prompt is empty" if prompt == "" else "prompt is whitespace-only")
+    if "\x00" in prompt:
+        return PromptProblem("nul", "prompt contains a NUL byte")
+    if max_chars is not None and len(prompt) > max_chars:
+        return PromptProblem("too_long", f"prompt too long ({len(prompt)} characters, max {max_chars})")
+    return None
+
+
 # Columns every stage passes along (the normalized prompt row).
 ROW_COLUMNS = ("id", "prompt", "negative_prompt", "seed", "steps", "status", "error")
 

@@ -19,6 +19,8 @@ from typing import Annotated, Any, Iterable, Literal, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from dynagen.records import prompt_problem
+
 # Headers a /v1/images response carries, so clients (and tests) can see how it was batched.
 H_STEPS = "X-Dynagen-Steps"
 H_SEED = "X-Dynagen-Seed"
@@ -118,11 +120,12 @@ def clean_validation_errors(errors: Iterable[dict[str, Any]]) -> dict[str, Any]:
 
 
 def check_prompt(prompt: str, loc: tuple[str | int, ...], max_chars: int) -> None:
-    """Raise ClientError for an empty or whitespace-only prompt (422) or one over ``max_chars`` (413)."""
-    if not prompt.strip():
-        raise ClientError(422, loc, "prompt is empty" if prompt == "" else "prompt is whitespace-only", "prompt_empty")
-    if len(prompt) > max_chars:
-        raise ClientError(413, loc, f"prompt is {len(prompt)} characters (max {max_chars})", "prompt_too_long")
+    """Raise ClientError for a prompt the batch jobs would fail too (``records.prompt_problem``): 413 for one over
+    ``max_chars``, 422 otherwise (empty, whitespace-only, NUL byte)."""
+    problem = prompt_problem(prompt, max_chars)
+    if problem is not None:
+        code = 413 if problem.kind == "too_long" else 422
+        raise ClientError(code, loc, problem.reason, "prompt_too_long" if code == 413 else f"prompt_{problem.kind}")
 
 
 def check_prompts(prompts: Sequence[str], max_chars: int, max_batch: int) -> None:

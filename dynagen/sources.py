@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from dynagen.records import ROW_COLUMNS, ID_PATTERN, MAX_SEED, MAX_STEPS, content_id, seed_from_id
+from dynagen.records import ROW_COLUMNS, ID_PATTERN, MAX_SEED, MAX_STEPS, content_id, prompt_problem, seed_from_id
 from dynagen.storage import Storage, is_s3, split_s3
 
 FORMATS = {".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl",
@@ -137,15 +137,11 @@ def normalize_row(raw: dict[str, Any], max_prompt_chars: int) -> dict[str, Any]:
         if not raw.get("_error"):
             errors.append("missing prompt")
         prompt = ""
-    elif not isinstance(prompt, str):
-        errors.append(f"prompt is not a string ({type(prompt).__name__})")
-        prompt = str(prompt)
-    elif not prompt.strip():
-        errors.append("empty prompt")
-    elif "\x00" in prompt:
-        errors.append("prompt contains a NUL byte")
-    elif len(prompt) > max_prompt_chars:
-        errors.append(f"prompt too long ({len(prompt)} chars > max_prompt_chars={max_prompt_chars})")
+    else:
+        problem = prompt_problem(prompt, max_prompt_chars)
+        if problem is not None:
+            errors.append(problem.reason + (" (images.max_prompt_chars)" if problem.kind == "too_long" else ""))
+        prompt = prompt if isinstance(prompt, str) else str(prompt)
     prompt = prompt[:max_prompt_chars].replace("\x00", "")
 
     neg = raw.get("negative_prompt")

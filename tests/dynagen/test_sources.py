@@ -32,9 +32,9 @@ def test_normalize_derives_stable_id_and_seed():
 @pytest.mark.parametrize(
     "raw, reason",
     [
-        ({"prompt": ""}, "empty prompt"),
-        ({"prompt": "   \n"}, "empty prompt"),
-        ({"prompt": 42}, "not a string"),
+        ({"prompt": ""}, "prompt is empty"),
+        ({"prompt": "   \n"}, "prompt is whitespace-only"),
+        ({"prompt": 42}, "prompt must be a string, got int"),
         ({"prompt": None}, "missing prompt"),
         ({"prompt": "x" * 101}, "too long"),
         ({"prompt": "a\x00b"}, "NUL"),
