@@ -16,8 +16,8 @@ import typer
 
 from dynagen.cli.common import exit_with_error, load
 from dynagen.cli.run import (
-    BatchSizeOpt, ConfigOpt, LimitOpt, ModelOpt, OutOpt, PromptsOpt, RunIdOpt, SchedulerOpt, SkipBadShardsOpt, StepsOpt,
-    image_overrides,
+    BatchSizeOpt, ConfigOpt, EarlyStopOpt, LimitOpt, ModelOpt, OutOpt, PromptsOpt, RunIdOpt, SchedulerOpt,
+    SkipBadShardsOpt, StepsOpt, image_overrides,
 )
 
 if TYPE_CHECKING:
@@ -270,6 +270,7 @@ def images(
     limit: LimitOpt = None,
     batch_size: BatchSizeOpt = None,
     skip_bad_shards: SkipBadShardsOpt = False,
+    early_stop: EarlyStopOpt = None,
     config: ConfigOpt = None,
     run_id: RunIdOpt = None,
     wait: WaitOpt = False,
@@ -282,7 +283,7 @@ def images(
 
     Paths (--prompts, --out, --model) are read on the cluster: use s3:// URIs or paths that exist there.
     """
-    settings, _ = load(config, image_overrides(steps, model, scheduler, limit, batch_size, skip_bad_shards))
+    settings, _ = load(config, image_overrides(steps, model, scheduler, limit, batch_size, skip_bad_shards, early_stop))
     payload, secret_env = job_payload(settings)
     args = ["--settings-json", payload, "--prompts", prompts, "--out", out] + (["--run-id", run_id] if run_id else [])
     submit_job(address=address, token_file=token_file, module="jobs.run_images", args=args, secret_env=secret_env,

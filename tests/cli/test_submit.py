@@ -208,6 +208,24 @@ def test_help_lists_every_job_and_the_run_options():
     assert all(k in out for k in ("list", "status", "logs", "stop"))
 
 
+def test_submit_takes_every_option_of_the_local_run():
+    """`submit images/llm` and `run images/llm` must not drift: every job option of the local run exists on submit
+    (the local run's --address is the only one that means something else there)."""
+    import typer.main
+
+    from dynagen.cli import app
+
+    def options(*path):
+        cmd = typer.main.get_command(app)
+        for name in path:
+            cmd = cmd.commands[name]
+        return {o for p in cmd.params for o in p.opts}
+
+    for job in ("images", "llm"):
+        missing = options("run", job) - options("submit", job) - {"--address"}
+        assert not missing, f"submit {job} lacks {sorted(missing)}"
+
+
 def test_submit_llm_unreachable_is_one_line(tmp_path, dead_address):
     address = dead_address
     r, _, err = invoke(["submit", "llm", "--prompts", "p.jsonl", "--out", str(tmp_path), "--address", address])
