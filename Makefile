@@ -20,7 +20,9 @@ demo: install
 	HF_HUB_OFFLINE=1 $(VENV)/bin/dynagen run images --prompts examples/prompts.jsonl --out out/demo \
 		$(if $(wildcard models/stepsaver/config.json),,--steps 20)
 
+# The layer contract (pyproject.toml, [tool.importlinter]) first: seconds, and a violation names the import.
 test: install
+	$(VENV)/bin/lint-imports
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
 
 clean-venv:

@@ -17,7 +17,8 @@ from typing import Any, Hashable, Sequence
 
 import numpy as np
 
-from dynagen.records import ERROR, runtime_error
+from dynagen.errors import one_line, runtime_error
+from dynagen.records import ERROR
 
 SCHEDULERS = {
     "ddim": "DDIMScheduler",
@@ -129,7 +130,7 @@ def load_pipeline(path: str | Path, scheduler: str = "ddim", device: str = "cpu"
             str(path), local_files_only=True, use_safetensors=not allow_unsafe, safety_checker=None
         )
     except Exception as e:  # diffusers raises many types; the user needs one line naming the folder
-        raise ModelLoadError(f"{path}: failed to load pipeline: {type(e).__name__}: {str(e).splitlines()[0]}") from None
+        raise ModelLoadError(f"{path}: failed to load pipeline: {one_line(e)}") from None
     sched_cls = getattr(diffusers, SCHEDULERS[scheduler])
     extra = {"algorithm_type": "dpmsolver++"} if scheduler == "dpm++" else {}
     pipe.scheduler = sched_cls.from_config(pipe.scheduler.config, **extra)

@@ -18,7 +18,8 @@ from typing import Annotated, Any, Callable, Literal, Mapping, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from dynagen.settings import Settings
+from dynagen.errors import one_line
+from dynagen.settings import Scheduler, Settings
 
 PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
 NAME = r"^[a-z0-9][a-z0-9_-]{0,62}$"
@@ -57,7 +58,7 @@ class ImageJob(_Job):
     kind: Literal["images"]
     steps: Literal["auto"] | int | None = Field(
         None, description="Step policy: 'auto' (StepSaver per prompt) or a fixed count; unset = settings.")
-    scheduler: Literal["ddim", "euler", "dpm++"] | None = None
+    scheduler: Scheduler | None = None
 
     @field_validator("steps")
     @classmethod
@@ -312,7 +313,7 @@ def run_night(spec: NightlySpec, night: Date, base: Settings | None = None,
         try:
             summary = runners[job.kind](per_job[job.name], res.source, res.dest)
         except Exception as e:  # one job's failure is reported, not fatal to the night
-            res.status, res.error = "failed", _one_line(e)
+            res.status, res.error = "failed", one_line(e)
             continue
         res.ok, res.failed, res.skipped = summary.ok, summary.failed, summary.skipped
         res.run_id = getattr(summary, "run_id", "")
@@ -337,10 +338,5 @@ def run_night(spec: NightlySpec, night: Date, base: Settings | None = None,
         Storage(result.output, base.storage).put_bytes(
             "nightly.json", json.dumps(result.to_dict(), indent=2).encode(), "application/json")
     except Exception as e:
-        log(f"warning: could not write {result.output}/nightly.json: {_one_line(e)}")
+        log(f"warning: could not write {result.output}/nightly.json: {one_line(e)}")
     return result
-
-
-def _one_line(e: BaseException) -> str:
-    first = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), "")
-    return (f"{type(e).__name__}: {first}" if first else type(e).__name__)[:300]

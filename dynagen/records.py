@@ -12,18 +12,12 @@ ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 MAX_SEED = 2**32 - 1
 MAX_STEPS = 1000
 
-# Row outcomes, and what a rerun does with each. One rule, used by the sinks' resume, the audit and the nightly.
+# Row outcomes, and what a rerun does with each (runtime errors are worded by dynagen.errors.runtime_error). One rule, used by the sinks' resume, the audit and the nightly.
 OK = "ok"
 FAILED = "failed"  # the input is bad (empty prompt, bad seed, too long): final, a rerun would fail it the same way
 ERROR = "error"  # a good row the run could not finish (the model raised, a worker died): a rerun retries it
 FINAL_STATUSES = (OK, FAILED)
 _RANK = {ERROR: 0, FAILED: 1, OK: 2}
-
-
-def runtime_error(e: BaseException, what: str = "generation") -> str:
-    """The one-line reason an ERROR row records: ``<what> failed: <Type>: <first line>`` (≤ 500 characters)."""
-    first = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), "")
-    return (f"{what} failed: {type(e).__name__}" + (f": {first}" if first else ""))[:500]
 
 
 def outcomes(ids, statuses) -> dict[str, str]:
@@ -99,6 +93,8 @@ class RunSummary:
     source: str
     dest: str
     started_at: str
+    status: str = "ok"  # ok | failed (the run stopped: `error` says why; finished rows are kept)
+    error: str = ""
     finished_at: str = ""
     wall_s: float = 0.0
     ok: int = 0

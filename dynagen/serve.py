@@ -44,6 +44,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from ray import serve
 
+from dynagen.errors import one_line, runtime_error
 from dynagen.serve_api import (
     LATENCY_BUCKETS_MS,
     STEPS_BUCKETS,
@@ -75,8 +76,6 @@ def _threads(num_cpus: float) -> int:
     return max(1, math.ceil(num_cpus))
 
 
-def _reason(e: BaseException) -> str:
-    return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
 
 
 # 1. Image generation: one @serve.batch queue per step count ----------------------------------------------------
@@ -99,7 +98,7 @@ class ImageGenerator:
                                       guidance_scale=s.images.guidance_scale, batch_size=s.serve.max_batch_size,
                                       num_threads=_threads(s.serve.images_num_cpus), **s.images.early_stop_kwargs())
         except Exception as e:  # a missing/bad model folder: serve the other endpoints, answer 503 here
-            self.unavailable = f"diffusion model not loaded ({_reason(e)})"
+            self.unavailable = f"diffusion model not loaded ({one_line(e)})"
             log.warning("dynagen: %s", self.unavailable)
         self._batchers: dict[int, Any] = {}
         self._lock = asyncio.Lock()
@@ -140,7 +139,7 @@ class ImageGenerator:
                 images, ran, _ = await asyncio.to_thread(self.core.generate_with_steps, prompts, seeds, steps)
                 pngs = await asyncio.to_thread(lambda: [encode_png(im) for im in images])
             except Exception as e:  # one failed batch answers 500 for its requests; the replica keeps serving
-                msg = f"generation failed: {_reason(e)}"
+                msg = runtime_error(e)
                 log.error("dynagen: batch %s: %s", record.batch_id, msg)
                 return [ImageResult(steps=steps, seed=sd, batch=record, error=msg, status=500) for sd in seeds]
         self.m_batch.observe(len(items), tags={"steps": str(steps)})
@@ -189,7 +188,7 @@ async def _client_error(request: Request, exc: ClientError):
 @api.exception_handler(Exception)
 async def _server_error(request: Request, exc: Exception):
     # Server bugs only (client mistakes are handled above); the body says nothing about the request or the server.
-    log.error("dynagen: unhandled error on %s: %s", request.url.path, _reason(exc))
+    log.error("dynagen: unhandled error on %s: %s", request.url.path, one_line(exc))
     return JSONResponse({"detail": "internal error"}, status_code=500)
 
 
@@ -213,13 +212,13 @@ class Gateway:
 
             self.predictor = StepPredictor.load(s.images.stepsaver, num_threads=threads)
         except Exception as e:  # no trained artifact yet: /v1/steps and steps="auto" answer 503
-            self.why["stepsaver"] = f"StepSaver not loaded ({_reason(e)})"
+            self.why["stepsaver"] = f"StepSaver not loaded ({one_line(e)})"
         try:
             from actors.router import get_router
 
             self.router = get_router(s.llm.router, s.llm.router_path, num_threads=threads)
         except Exception as e:
-            self.why["router"] = f"router not loaded ({_reason(e)})"
+            self.why["router"] = f"router not loaded ({one_line(e)})"
         for why in self.why.values():
             log.warning("dynagen: %s", why)
         self.max_chars = min(s.serve.max_prompt_chars, self.predictor.config.max_prompt_chars) if self.predictor \

@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Literal, Mapping, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 ENV_PREFIX = "DYNAGEN_"
 REPO_ROOT = Path(__file__).resolve().parents[1]
-Scheduler = Literal["ddim", "euler", "dpm++"]
+Scheduler = Literal["ddim", "euler", "dpm++"]  # the one list: the CLI, nightly and actors.diffusion use it
+SCHEDULER_NAMES: tuple[str, ...] = get_args(Scheduler)
 
 
 class SettingsError(ValueError):

@@ -81,7 +81,7 @@ def check_shard(shard: Shard, fs) -> None:
             import pyarrow.csv as pacsv
 
             with fs.open_input_stream(shard.path) as f:
-                names = pacsv.read_csv(f, convert_options=_csv_options()).column_names
+                names = pacsv.read_csv(f, convert_options=csv_options()).column_names
         else:
             with fs.open_input_stream(shard.path) as f:
                 text = f.read().decode("utf-8")
@@ -201,7 +201,7 @@ def normalize_batch(batch: dict[str, Iterable], max_prompt_chars: int, jsonl: bo
     return out
 
 
-def _csv_options():
+def csv_options():
     import pyarrow as pa
     import pyarrow.csv as pacsv
 
@@ -244,6 +244,6 @@ def read_prompts(shards: list[Shard], fs, max_prompt_chars: int, num_cpus: float
         parts.append(ray.data.read_text(by_fmt["jsonl"], **kw).map_batches(_norm(True), num_cpus=num_cpus))
     if "csv" in by_fmt:
         # Everything as strings so a bad seed fails its row instead of the shard's type inference.
-        parts.append(ray.data.read_csv(by_fmt["csv"], convert_options=_csv_options(), **kw).map_batches(_norm(False), num_cpus=num_cpus))
+        parts.append(ray.data.read_csv(by_fmt["csv"], convert_options=csv_options(), **kw).map_batches(_norm(False), num_cpus=num_cpus))
     ds = parts[0]
     return ds.union(*parts[1:]) if len(parts) > 1 else ds

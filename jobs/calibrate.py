@@ -90,12 +90,14 @@ def _ints(text: str) -> list[int]:
 def main(argv: list[str] | None = None) -> int:
     import os
 
+    from dynagen.settings import SCHEDULER_NAMES
+
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="models/tiny-sd")
     p.add_argument("--prompts", required=True, help="file or synth:N[:SEED]")
     p.add_argument("--out", required=True)
-    p.add_argument("--scheduler", default="ddim", choices=["ddim", "euler", "dpm++"])
+    p.add_argument("--scheduler", default="ddim", choices=list(SCHEDULER_NAMES))
     p.add_argument("--seeds", type=_ints, default=[0, 1, 2])
     p.add_argument("--grid", type=_ints, default=None)
     p.add_argument("--reference-steps", type=int, default=200)

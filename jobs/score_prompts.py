@@ -24,7 +24,7 @@ def _read_shard(shard, fs) -> dict[str, list]:
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
 
-    from dynagen.sources import _csv_options
+    from dynagen.sources import csv_options
 
     if shard.format == "parquet":
         with fs.open_input_file(shard.path) as f:
@@ -32,7 +32,7 @@ def _read_shard(shard, fs) -> dict[str, list]:
     with fs.open_input_stream(shard.path) as f:
         data = f.read()
     if shard.format == "csv":
-        return pacsv.read_csv(io.BytesIO(data), convert_options=_csv_options()).to_pydict()
+        return pacsv.read_csv(io.BytesIO(data), convert_options=csv_options()).to_pydict()
     return {"text": [ln for ln in data.decode("utf-8").splitlines() if ln.strip()]}
 
 

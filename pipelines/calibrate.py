@@ -25,6 +25,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from dynagen.errors import runtime_error
+
 DEFAULT_GRID = (4, 6, 8, 10, 12, 15, 20, 25, 30, 40, 50, 75, 100)
 DEFAULT_REFERENCE_STEPS = 200
 DEFAULT_THRESHOLD = 0.90
@@ -242,7 +244,7 @@ class CalibrationCore:
                 if self.early_stop:
                     active = [i for i in active if curves[i, k, 0] < self.threshold]
         except Exception as e:  # the other windows still run; the rows say why this one failed
-            msg = f"calibration failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:500]
+            msg = runtime_error(e, "calibration")
             for r in records:
                 r.status, r.error = "failed", msg
             return records

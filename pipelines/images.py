@@ -9,6 +9,7 @@ import math
 import uuid
 from datetime import datetime, timezone
 
+from dynagen.errors import root_cause
 from dynagen.records import RunSummary
 from dynagen.settings import Settings
 from dynagen.sources import ShardError, check_shard, list_shards, read_prompts
@@ -25,7 +26,7 @@ def new_run_id() -> str:
     return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
 
 
-def _claim(batch, ledger):
+def claim_rows(batch, ledger):
     """Drop rows an earlier run finished and repeated ids; keep everything else (failed rows included)."""
     import numpy as np
     import ray
@@ -116,7 +117,7 @@ def run(settings: Settings, src: str, dest: str, run_id: str | None = None) -> R
     ds = read_prompts(shards, fs, s.max_prompt_chars, num_cpus=LIGHT_CPU)
     if s.limit:
         ds = ds.limit(s.limit)
-    ds = ds.map_batches(_claim, fn_kwargs={"ledger": ledger}, num_cpus=LIGHT_CPU)
+    ds = ds.map_batches(claim_rows, fn_kwargs={"ledger": ledger}, num_cpus=LIGHT_CPU)
 
     # 4. Steps per row: StepSaver's prediction (a per-row `steps` overrides it) or a fixed count.
     if s.steps == "auto":
@@ -148,20 +149,8 @@ def run(settings: Settings, src: str, dest: str, run_id: str | None = None) -> R
     try:
         ds.write_datasink(sink, ray_remote_args={"num_cpus": LIGHT_CPU})
     except Exception as e:  # a worker's traceback is long; the user needs the cause and what to do
+        sink.fail(e)
         raise RunError(f"run {run_id} failed: {root_cause(e)}; finished work is kept, rerun the same command to resume") from e
     finally:
         ray.kill(ledger)
     return sink.summary
-
-
-def root_cause(e: BaseException) -> str:
-    """One line for the deepest cause of a (Ray-wrapped) exception."""
-    seen = set()
-    while id(e) not in seen:
-        seen.add(id(e))
-        nxt = getattr(e, "cause", None) or e.__cause__
-        if not isinstance(nxt, BaseException):
-            break
-        e = nxt
-    first = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), "")
-    return f"{type(e).__name__}: {first}"[:300] if first else type(e).__name__

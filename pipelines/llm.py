@@ -23,7 +23,9 @@ from ray.data import Datasink
 from dynagen.records import ERROR, FINAL_STATUSES, OK, outcomes
 from dynagen.settings import Settings
 from dynagen.storage import Storage
-from pipelines.images import LIGHT_CPU, RunError, _claim, check_inputs, new_run_id, root_cause
+from dynagen.errors import root_cause
+from pipelines.images import LIGHT_CPU, RunError, check_inputs, claim_rows, new_run_id
+from pipelines.sinks import write_failed_summary
 
 RESPONSE_COLUMNS = (
     "id", "prompt", "route", "router_score", "model", "response", "prompt_tokens", "completion_tokens", "latency_ms",
@@ -73,6 +75,8 @@ class LLMRunSummary:
     target_large_share: float = 0.0
     share_mode: str = "calibrated"
     threshold: float | None = None
+    status: str = "ok"  # ok | failed (the run stopped: `error` says why; finished rows are kept)
+    error: str = ""
     finished_at: str = ""
     wall_s: float = 0.0
     ok: int = 0
@@ -194,6 +198,14 @@ class ResponseSink(Datasink):
 
     def on_write_complete(self, write_result) -> None:
         self.finish(write_result.write_returns)
+
+    def on_write_failed(self, error: Exception) -> None:
+        self.fail(error)
+
+    def fail(self, error: BaseException) -> None:
+        """Record a stopped run in ``runs/<run_id>.json``. Ray hands ``on_write_failed`` its own wrapper (often a bare
+        SystemException), so the pipeline calls this again with the exception it caught, whose cause is readable."""
+        write_failed_summary(self.storage, self.summary, error, self._t0, destination_totals)
 
     def finish(self, returns: Iterable[dict[str, Any]]) -> LLMRunSummary:
         """Aggregate write-task stats, write the summary JSON; return the summary."""
@@ -325,7 +337,7 @@ def run(settings: Settings, src: str, dest: str, run_id: str | None = None) -> L
     ds = read_prompts(shards, fs, s.max_prompt_chars, num_cpus=LIGHT_CPU)
     if s.limit:
         ds = ds.limit(s.limit)
-    ds = ds.map_batches(_claim, fn_kwargs={"ledger": ledger}, num_cpus=LIGHT_CPU)
+    ds = ds.map_batches(claim_rows, fn_kwargs={"ledger": ledger}, num_cpus=LIGHT_CPU)
 
     # 4. Route: score every row, send `large_share` of them to the large model.
     ds = ds.map_batches(
@@ -361,6 +373,7 @@ def run(settings: Settings, src: str, dest: str, run_id: str | None = None) -> L
     try:
         branches[0].union(*branches[1:]).write_datasink(sink, ray_remote_args={"num_cpus": LIGHT_CPU})
     except Exception as e:  # a worker's traceback is long; the user needs the cause and what to do
+        sink.fail(e)
         raise RunError(f"run {run_id} failed: {root_cause(e)}; finished work is kept, rerun the same command to resume") from e
     finally:
         ray.kill(ledger)

@@ -98,6 +98,14 @@ class ImageSink(Datasink):
     def on_write_complete(self, write_result) -> None:
         self.finish(write_result.write_returns)
 
+    def on_write_failed(self, error: Exception) -> None:
+        self.fail(error)
+
+    def fail(self, error: BaseException) -> None:
+        """Record a stopped run in ``runs/<run_id>.json``. Ray hands ``on_write_failed`` its own wrapper (often a bare
+        SystemException), so the pipeline calls this again with the exception it caught, whose cause is readable."""
+        write_failed_summary(self.storage, self.summary, error, self._t0, destination_totals)
+
     def finish(self, returns: Iterable[dict[str, Any]]) -> RunSummary:
         """Aggregate write-task stats, write the summary JSON and the HTML report; return the summary."""
         from pipelines.report import render_report
@@ -163,6 +171,22 @@ class ImageSink(Datasink):
         name = hashlib.sha256("\x1f".join(rows["id"]).encode()).hexdigest()[:16]
         self.storage.put_bytes(f"metadata/{self.summary.run_id}-{name}.parquet", buf.getvalue())
         return block_stats(rows)
+
+
+def write_failed_summary(storage: Storage, summary, error: BaseException, t0: float, totals) -> None:
+    """A stopped run still leaves ``runs/<run_id>.json`` (status failed, the cause, the destination's totals), best
+    effort: when storage itself is what failed, this write fails too and the CLI's one-line error is the record."""
+    from dynagen.errors import root_cause
+
+    summary.status, summary.error = "failed", root_cause(error)
+    summary.wall_s = round(time.time() - t0, 3)
+    summary.finished_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    try:
+        summary.dest_ok, summary.dest_failed = totals(storage)
+        storage.put_bytes(f"runs/{summary.run_id}.json", json.dumps(summary.to_dict(), indent=2).encode(),
+                          "application/json")
+    except Exception:  # noqa: BLE001 - the run's own error is the one to report
+        pass
 
 
 def _merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+from enum import Enum
 from typing import Any, Mapping, NoReturn
 
 import typer
+
+from dynagen.settings import SCHEDULER_NAMES
+
+# The samplers as a CLI choice, built from the settings' one list ("dpm++" is not an identifier: member dpmpp).
+SchedulerName = Enum("SchedulerName", {n.replace("+", "p"): n for n in SCHEDULER_NAMES}, type=str)
 
 
 def exit_with_error(message: str, code: int = 2) -> NoReturn:

@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-from enum import Enum
 from typing import Annotated, Optional
 
 import typer
 
-from dynagen.cli.common import exit_with_error, load, quiet_libraries
+from dynagen.cli.common import SchedulerName, exit_with_error, load, quiet_libraries
 
 app = typer.Typer(help="Run batch generation jobs.", no_args_is_help=True)
 
 
-class SchedulerName(str, Enum):
-    ddim = "ddim"
-    euler = "euler"
-    dpmpp = "dpm++"
 
 
 # Job options shared with ``dynagen submit images`` (same flags, same meaning, whether local or on a cluster).

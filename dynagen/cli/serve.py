@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from dynagen.cli.common import exit_with_error, load, quiet_libraries
+from dynagen.errors import one_line
 
 
 def serve(
@@ -30,7 +31,7 @@ def serve(
 
         url = start(settings)
     except Exception as e:  # a busy port, an unreachable cluster: one line, no traceback
-        exit_with_error(f"could not start the app: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}", 1)
+        exit_with_error(f"could not start the app: {one_line(e)}", 1)
     import json
     import urllib.request
 

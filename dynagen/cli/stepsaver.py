@@ -10,13 +10,9 @@ from typing import Annotated, List, Optional
 
 import typer
 
-from dynagen.cli.common import exit_with_error, load, quiet_libraries
+from dynagen.cli.common import SchedulerName, exit_with_error, load, quiet_libraries
 
 
-class SchedulerName(str, Enum):
-    ddim = "ddim"
-    euler = "euler"
-    dpmpp = "dpm++"
 
 
 class Precision(str, Enum):

@@ -48,10 +48,14 @@ def test_run_groups_by_steps_counts_evals_and_passes_failures(core):
     assert sorted(out["batch_size"][i] for i in ok) == [1, 2, 2, 3, 3, 3]
 
 
-@pytest.mark.parametrize("scheduler", ["euler", "dpm++"])
-def test_other_schedulers(tiny_model, scheduler):
+@pytest.mark.parametrize("scheduler, cls", [("euler", "EulerDiscreteScheduler"), ("dpm++", "DPMSolverMultistepScheduler")])
+def test_other_schedulers(tiny_model, scheduler, cls):
+    """The swap really happens: the pipeline holds the asked scheduler and its images differ from DDIM's."""
     c = DiffusionCore(tiny_model, scheduler, batch_size=2, num_threads=1)
-    assert c.generate(["x"], [0], steps=3).shape[0] == 1
+    assert type(c.pipe.scheduler).__name__ == cls
+    img = c.generate(["x"], [0], steps=3)
+    ddim = DiffusionCore(tiny_model, "ddim", batch_size=2, num_threads=1).generate(["x"], [0], steps=3)
+    assert img.shape == ddim.shape and np.abs(img.astype(int) - ddim.astype(int)).max() > 2
 
 
 def test_bad_model_folders(tiny_model, tmp_path):
@@ -77,3 +81,12 @@ def test_bad_model_folders(tiny_model, tmp_path):
         check_model_dir(pickled)
     with pytest.raises(ModelLoadError, match="unknown scheduler"):
         DiffusionCore(tiny_model, "heun")
+
+
+def test_one_scheduler_list():
+    """The settings' list is the one the CLI offers and the actor knows."""
+    from actors.diffusion import SCHEDULERS
+    from dynagen.cli.common import SchedulerName
+    from dynagen.settings import SCHEDULER_NAMES
+
+    assert tuple(SCHEDULERS) == SCHEDULER_NAMES == tuple(m.value for m in SchedulerName)

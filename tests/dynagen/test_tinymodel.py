@@ -72,6 +72,24 @@ def _nearest(rgb: np.ndarray, palette: dict) -> str:
 
 
 @pytest.mark.skipif(not (MODEL_DIR / "model_index.json").exists(), reason="models/tiny-sd not present")
+def test_committed_model_output_is_pinned():
+    """diffusers' expected-slice habit: the committed tiny-sd at seed 0/1, 10 DDIM steps, gives these pixels (to
+    within a few levels: CPUs differ in float rounding). A retrained or broken model fails here; update the values
+    only together with a new model (and its lineage in dynagen_train.json)."""
+    from actors.diffusion import DiffusionCore
+
+    core = DiffusionCore(str(MODEL_DIR), "ddim", num_threads=1)
+    im = core.generate(["a red circle on a white background",
+                        "two small blue squares at the top on a black background"], [0, 1], 10).astype(float)
+    np.testing.assert_allclose(im.reshape(2, -1, 3).mean(1), [[218.78, 183.51, 147.53], [124.15, 128.26, 125.19]],
+                               atol=3)
+    np.testing.assert_allclose(im[0, 30:33, 30:33], [[[157, 50, 24], [161, 51, 26], [168, 50, 28]],
+                                                    [[167, 52, 26], [170, 52, 27], [172, 49, 29]],
+                                                    [[169, 48, 25], [174, 48, 26], [176, 46, 29]]], atol=8)
+    np.testing.assert_allclose(im[1, ::16, ::16, 2], [[127, 128, 129, 128], [128, 127, 51, 128],
+                                                     [129, 128, 128, 128], [128, 128, 73, 128]], atol=8)
+
+
 def test_committed_model_follows_colour_and_background_words():
     """Every (object colour, background) pair of the synthetic world, one large circle each, 30 DDIM steps: the
     border's colour must name the asked background and the off-background pixels the asked object colour.

@@ -3,7 +3,8 @@ totals (what a night is judged on) count every run, each id by its latest outcom
 
 import pytest
 
-from dynagen.records import ERROR, FAILED, OK, RunSummary, outcomes, runtime_error
+from dynagen.errors import runtime_error
+from dynagen.records import ERROR, FAILED, OK, RunSummary, outcomes
 from dynagen.storage import Storage
 from pipelines.audit import audit
 from pipelines.sinks import ImageSink, destination_totals, done_ids

@@ -85,6 +85,21 @@ def test_missing_stepsaver_and_model_fail_fast(ray_local, tiny_model, tmp_path):
         run(settings(str(tmp_path / "nomodel")), str(tmp_path / "in"), str(tmp_path / "o"))
 
 
+def test_a_run_that_stops_mid_way_still_writes_its_summary(ray_local, tiny_model, tmp_path):
+    """The Datasink's failure hook: a StepSaver folder that exists but cannot load fails inside Ray (after the fast
+    checks); the run raises one line and leaves runs/<id>.json saying it failed and why."""
+    write_shards(tmp_path / "in")
+    broken = tmp_path / "stepsaver"
+    broken.mkdir()
+    (broken / "config.json").write_text("{not json")
+    with pytest.raises(RunError, match="run r-broken failed: ArtifactError: .*rerun the same command"):
+        run(settings(tiny_model, steps="auto", stepsaver=str(broken)), str(tmp_path / "in"), str(tmp_path / "o"),
+            run_id="r-broken")
+    summary = json.loads((tmp_path / "o" / "runs" / "r-broken.json").read_text())
+    assert summary["status"] == "failed" and "ArtifactError" in summary["error"] and "\n" not in summary["error"]
+    assert summary["ok"] == 0 and summary["finished_at"]
+
+
 def test_s3_in_and_out(ray_local, tiny_model, s3, tmp_path):
     src_store = Storage(f"s3://{s3.bucket}/inputs")
     buf = pa.BufferOutputStream()
