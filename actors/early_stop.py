@@ -218,10 +218,7 @@ def first_stop(checks: Sequence[tuple[int, float]], threshold: float, min_steps:
 
     The sampler applies the same rule; calibration replays recorded checks with it to try many thresholds at once.
     """
-    for step, rate in checks:
-        if step >= min_steps and rate < threshold:
-            return int(step)
-    return None
+    return first_pass([s for s, _ in checks], [r < threshold for _, r in checks], min_steps)
 
 
 def first_pass(steps: Sequence[int], passes: Sequence[bool], min_steps: int) -> int | None:

@@ -118,31 +118,6 @@ class Runner:
         return images, {"wall_s": wall, "unet_s": self.unet_s - unet0, "unet_evals": self.core.counter.evals - evals0}
 
 
-def record_checks(core, signal_cfg, prompts, seeds, budgets, ref, batch_size: int) -> dict[str, np.ndarray]:
-    """Every convergence check of each row run at its budget with stopping off, its decoded x̂0 scored against
-    ``ref``: columns run (= row index), step, budget, t, rate, rate_prev, ssim_ref (the layout of
-    ``jobs.calibrate_early_stop.replay``; the budget's final image quality is added by the caller)."""
-    import torch
-
-    from actors.diffusion import plan_batches
-    from actors.early_stop import EarlyStopConfig, EarlyStopSampler
-
-    sampler = EarlyStopSampler(core.pipe, EarlyStopConfig(threshold=0.0, interval=signal_cfg.interval, min_steps=1))
-    cols = {k: [] for k in ("run", "step", "budget", "t", "rate", "rate_prev", "ssim_ref")}
-    for batch in plan_batches(budgets, batch_size):
-        traces = []
-        gens = [torch.Generator().manual_seed(int(seeds[i])) for i in batch]
-        sampler([prompts[i] for i in batch], gens, int(budgets[batch[0]]), core.guidance_scale, on_check=traces.append)
-        for tr in traces:
-            imgs = (np.clip(sampler.decode(tr.x0), 0, 1) * 255).round().astype(np.uint8)
-            q = ssim_to(imgs, ref[[batch[j] for j in tr.rows]])
-            for r, j in enumerate(tr.rows):
-                for k, v in (("run", batch[j]), ("step", tr.step), ("budget", tr.budget), ("t", tr.t),
-                             ("rate", tr.rate[r]), ("rate_prev", tr.rate_prev[r]), ("ssim_ref", q[r])):
-                    cols[k].append(v)
-    return {k: np.asarray(v) for k, v in cols.items()}
-
-
 def ssim_to(images: np.ndarray, ref: np.ndarray) -> np.ndarray:
     from pipelines.calibrate import image_quality
 
@@ -295,10 +270,10 @@ def main(argv: list[str] | None = None) -> int:
     fq, fe = np.array([r["mean_ssim"] for r in fixed]), np.array([r["unet_evals"] for r in fixed])
     uniq = list(dict.fromkeys(pw))
     risks = sorted(set(RISKS) | {predictor.config.risk})
-    stepsaver = []
+    stepsaver, steps_by_risk = [], {}
     for r in risks:
         pred = dict(zip(uniq, predictor.predict_steps(uniq, risk=r)))
-        steps = np.array([pred[p] for p in pw])
+        steps = steps_by_risk[r] = np.array([pred[p] for p in pw])
         pt = point(Qw, grid, steps, evals_per_step)
         pt.update(risk=r, evals_per_image=pt["unet_evals"] / len(Qw), trained_risk=r == predictor.config.risk,
                   evals_vs_fixed_same_quality=pt["unet_evals"] / interp_evals(fq, fe, pt["mean_ssim"]),
@@ -322,25 +297,25 @@ def main(argv: list[str] | None = None) -> int:
     # StepSaver + learned signal: replayed from one recorded run per (row, budget)
     stepsaver_signal, signal_meta = [], {}
     if a.signal and (Path(a.signal) / "signal.json").is_file():
-        from actors.early_stop import EarlyStopConfig, LearnedSignal, signal_features
-        from jobs.calibrate_early_stop import replay
+        from actors.early_stop import EarlyStopConfig, EarlyStopSampler, LearnedSignal, signal_features
+        from jobs.calibrate_early_stop import record_checks, replay
 
         sig = LearnedSignal.load(a.signal)
         sig_cfg = EarlyStopConfig(signal=sig, interval=int(sig.meta.get("interval", 2)),
                                   min_steps=int(sig.meta.get("min_steps", 6)))
-        sig_risks = sorted(set(SIGNAL_RISKS) | {predictor.config.risk})
+        sig_risks = sorted(set(SIGNAL_RISKS) | {predictor.config.risk})  # all among `risks`: predicted above
+        budgets_by_risk = {r: steps_by_risk[r] for r in sig_risks}
         wi = np.flatnonzero(W)
-        budgets_by_risk = {r: np.array([dict(zip(uniq, predictor.predict_steps(uniq, risk=r)))[p] for p in pw])
-                           for r in sig_risks}
-        pairs = sorted({(int(i), int(b)) for r in sig_risks for i, b in zip(range(len(wi)), budgets_by_risk[r])})
+        pairs = sorted({(i, int(b)) for r in sig_risks for i, b in enumerate(budgets_by_risk[r])})
         t_rec = time.perf_counter()
-        pr = [pw[i] for i, _ in pairs]
-        sr = [rows_s[wi[i]] for i, _ in pairs]
-        br = [b for _, b in pairs]
-        tr = record_checks(core, sig_cfg, pr, sr, br, ref[[wi[i] for i, _ in pairs]], BATCH_SIZE)
-        grid_ix = {g: k for k, g in enumerate(grid)}
+        recorder = EarlyStopSampler(core.pipe, EarlyStopConfig(threshold=0.0, interval=sig_cfg.interval, min_steps=1))
+        tr = record_checks(recorder, core.guidance_scale, [pw[i] for i, _ in pairs], [rows_s[wi[i]] for i, _ in pairs],
+                           [b for _, b in pairs], ref[[wi[i] for i, _ in pairs]], BATCH_SIZE)
+        tr["run"] = tr["row"]  # one run per (row, budget) pair: its index in `pairs`
+        grid_ix = {g: k for k, g in enumerate(grid)}  # the budget's final image is the sweep's own
         tr["final_ssim_ref"] = np.array([Qw[pairs[j][0], grid_ix[pairs[j][1]]] for j in tr["run"]])
-        x = signal_features(tr["step"], tr["budget"], tr["t"], tr["rate"], tr["rate_prev"], 1000)
+        x = signal_features(tr["step"], tr["budget"], tr["t"], tr["rate"], tr["rate_prev"],
+                            core.pipe.scheduler.config.num_train_timesteps)
         prob = np.where(np.isnan(tr["rate"]), 0.0, sig.prob(np.nan_to_num(x)))
         pair_ix = {pq: j for j, pq in enumerate(pairs)}
         for r in sig_risks:
@@ -416,24 +391,15 @@ def main(argv: list[str] | None = None) -> int:
         runner.run(wp, ws, [eq_fixed] * len(wp))
         walls[f"fixed_{eq_fixed}"].append(time.perf_counter() - t0)
     if main_sig is not None:  # the real sampler, to check the replay and time it
-        from actors.diffusion import DiffusionCore as _Core
-
-        es_core = _Core(a.model, scheduler, batch_size=BATCH_SIZE, num_threads=a.threads, early_stop=True,
-                        early_stop_signal=a.signal)
+        es_runner = Runner(DiffusionCore(a.model, scheduler, batch_size=BATCH_SIZE, num_threads=a.threads,
+                                         early_stop=True, early_stop_signal=a.signal), BATCH_SIZE)
         walls["stepsaver + signal"] = []
         for _ in range(max(1, a.timing_rounds)):
             t0 = time.perf_counter()
-            steps = predictor.predict_steps(wp)
-            e0 = es_core.counter.evals
-            imgs = np.zeros((len(wp), es_core.height, es_core.width, 3), dtype=np.uint8)
-            from actors.diffusion import plan_batches
-
-            for batch in plan_batches(steps, BATCH_SIZE):
-                imgs[batch] = es_core.generate([wp[i] for i in batch], [ws[i] for i in batch], steps[batch[0]])
+            imgs, stats = es_runner.run(wp, ws, predictor.predict_steps(wp))
             walls["stepsaver + signal"].append(time.perf_counter() - t0)
-            real_evals = es_core.counter.evals - e0
-        wref = ref[np.flatnonzero(W)]
-        main_sig["real_run"] = {"unet_evals": real_evals, "mean_ssim": float(ssim_to(imgs, wref).mean())}
+        main_sig["real_run"] = {"unet_evals": stats["unet_evals"],
+                                "mean_ssim": float(ssim_to(imgs, ref[np.flatnonzero(W)]).mean())}
     timed = {k: {"best_wall_s": round(min(v), 2), "images_per_s": round(len(wp) / min(v), 3),
                  "all_s": [round(x, 2) for x in v]} for k, v in walls.items()}
 

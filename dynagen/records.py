@@ -12,7 +12,8 @@ ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 MAX_SEED = 2**32 - 1
 MAX_STEPS = 1000
 
-# Row outcomes, and what a rerun does with each (runtime errors are worded by dynagen.errors.runtime_error). One rule, used by the sinks' resume, the audit and the nightly.
+# Row outcomes, and what a rerun does with each: one rule, used by the sinks' resume, the audit and the nightly
+# (runtime errors are worded by dynagen.errors.runtime_error).
 OK = "ok"
 FAILED = "failed"  # the input is bad (empty prompt, bad seed, too long): final, a rerun would fail it the same way
 ERROR = "error"  # a good row the run could not finish (the model raised, a worker died): a rerun retries it
@@ -28,6 +29,13 @@ def outcomes(ids, statuses) -> dict[str, str]:
         if i not in best or _RANK.get(s, 0) > _RANK.get(best[i], 0):
             best[i] = s
     return best
+
+
+def outcome_totals(ids, statuses) -> tuple[int, int]:
+    """(ok, not ok) over the distinct ids, each by its outcome (:func:`outcomes`): a destination's standing."""
+    best = outcomes(ids, statuses)
+    ok = sum(1 for s in best.values() if s == OK)
+    return ok, len(best) - ok
 
 
 @dataclass(frozen=True)

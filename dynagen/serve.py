@@ -76,8 +76,6 @@ def _threads(num_cpus: float) -> int:
     return max(1, math.ceil(num_cpus))
 
 
-
-
 # 1. Image generation: one @serve.batch queue per step count ----------------------------------------------------
 
 

@@ -52,22 +52,23 @@ def replay(traj: dict[str, np.ndarray], passes: np.ndarray, min_steps: int) -> d
     """Per (row, budget) run: the steps it stops at and its SSIM to the reference under a stop rule.
 
     ``traj`` holds one entry per check (columns run, step, budget, ssim_ref, final_ssim_ref); ``passes`` says per
-    check whether the rule stops there. A run that never stops ends on its budget's final image.
+    check whether the rule stops there (``actors.early_stop.first_pass``, the sampler's rule). A run that never stops
+    ends on its budget's final image.
     """
+    from actors.early_stop import first_pass
+
     runs = np.unique(traj["run"])
     steps, q = np.empty(len(runs)), np.empty(len(runs))
     order = np.lexsort((traj["step"], traj["run"]))
-    run_s, step_s, ok_s = traj["run"][order], traj["step"][order], passes[order] & (traj["step"][order] >= min_steps)
-    start = np.searchsorted(run_s, runs, side="left")
-    end = np.searchsorted(run_s, runs, side="right")
-    for k, (a, b) in enumerate(zip(start, end)):
-        hit = np.flatnonzero(ok_s[a:b])
-        if len(hit):
-            j = order[a + hit[0]]
-            steps[k], q[k] = step_s[a + hit[0]], traj["ssim_ref"][j]
+    run_s, step_s, pass_s = traj["run"][order], traj["step"][order], passes[order]
+    bounds = zip(np.searchsorted(run_s, runs, side="left"), np.searchsorted(run_s, runs, side="right"))
+    for k, (a, b) in enumerate(bounds):
+        stop = first_pass(step_s[a:b], pass_s[a:b], min_steps)
+        if stop is None:
+            steps[k], q[k] = traj["budget"][order[a]], traj["final_ssim_ref"][order[a]]
         else:
-            j = order[a]
-            steps[k], q[k] = traj["budget"][j], traj["final_ssim_ref"][j]
+            j = order[a + int(np.flatnonzero(step_s[a:b] == stop)[0])]
+            steps[k], q[k] = stop, traj["ssim_ref"][j]
     return {"run": runs, "steps": steps, "ssim": q}
 
 
@@ -117,38 +118,55 @@ def pick_rows(n: int, cal_prompts: str, seed: int = 0) -> list[tuple[str, int]]:
     return [(prompts[i], IMAGE_SEED_BASE + k) for k, i in enumerate(take)]
 
 
-def record_batch(core, sampler, batch: list[tuple[str, int]], first_row: int, budgets, reference_steps: int):
-    """Every check of every (row, budget) run of one batch, scored: a dict of columns."""
+def record_checks(sampler, guidance: float, prompts, seeds, budgets, ref: np.ndarray, batch_size: int,
+                  score_final: bool = False) -> dict[str, np.ndarray]:
+    """Run row i at ``budgets[i]`` with stopping off (one-budget batches) and score every convergence check's decoded
+    x̂0 against ``ref[i]``. Columns: row, step, budget, t, rate, rate_prev, ssim_ref; with ``score_final`` also
+    ssim_final (x̂0 vs the budget's last image) and final_ssim_ref (that image vs ``ref``). The bench uses it too."""
     import torch
 
+    from actors.diffusion import plan_batches
     from pipelines.calibrate import image_quality
 
-    prompts, seeds = [p for p, _ in batch], [s for _, s in batch]
-    ref = core.generate(prompts, seeds, reference_steps)
-    cols = {k: [] for k in ("row", "prompt", "seed", "budget", "step", "t", "rate", "rate_prev", "ssim_ref",
-                            "ssim_final", "final_ssim_ref")}
     to_u8 = lambda x: (np.clip(x, 0, 1) * 255).round().astype(np.uint8)  # noqa: E731
-    for budget in budgets:
+    names = ("row", "step", "budget", "t", "rate", "rate_prev", "ssim_ref") + (
+        ("ssim_final", "final_ssim_ref") if score_final else ())
+    cols = {k: [] for k in names}
+    for batch in plan_batches([int(b) for b in budgets], batch_size):
         traces = []
-        out = sampler(prompts, [torch.Generator().manual_seed(s) for s in seeds], budget, core.guidance_scale,
-                      on_check=traces.append)
+        out = sampler([prompts[i] for i in batch], [torch.Generator().manual_seed(int(seeds[i])) for i in batch],
+                      int(budgets[batch[0]]), guidance, on_check=traces.append)
         final = to_u8(out.images)
-        final_q = [image_quality(final[j], ref[j])[0] for j in range(len(batch))]
+        final_q = [image_quality(final[j], ref[i])[0] for j, i in enumerate(batch)] if score_final else None
         for tr in traces:
             imgs = to_u8(sampler.decode(tr.x0))
             for r, j in enumerate(tr.rows):
-                cols["row"].append(first_row + j)
-                cols["prompt"].append(prompts[j])
-                cols["seed"].append(seeds[j])
-                cols["budget"].append(budget)
-                cols["step"].append(tr.step)
-                cols["t"].append(tr.t)
-                cols["rate"].append(float(tr.rate[r]))
-                cols["rate_prev"].append(float(tr.rate_prev[r]))
-                cols["ssim_ref"].append(image_quality(imgs[r], ref[j])[0])
-                cols["ssim_final"].append(image_quality(imgs[r], final[j])[0])
-                cols["final_ssim_ref"].append(final_q[j])
-    return cols
+                i = batch[j]
+                row = {"row": i, "step": tr.step, "budget": tr.budget, "t": tr.t, "rate": float(tr.rate[r]),
+                       "rate_prev": float(tr.rate_prev[r]), "ssim_ref": image_quality(imgs[r], ref[i])[0]}
+                if score_final:
+                    row.update(ssim_final=image_quality(imgs[r], final[j])[0], final_ssim_ref=final_q[j])
+                for k in names:
+                    cols[k].append(row[k])
+    return {k: np.asarray(v) for k, v in cols.items()}
+
+
+def record_batch(core, sampler, batch: list[tuple[str, int]], first_row: int, budgets, reference_steps: int):
+    """Every check of every (row, budget) run of one batch, scored: a dict of columns (row numbered across batches)."""
+    prompts, seeds = [p for p, _ in batch], [s for _, s in batch]
+    ref = core.generate(prompts, seeds, reference_steps)
+    parts = [record_checks(sampler, core.guidance_scale, prompts, seeds, [b] * len(batch), ref, len(batch),
+                           score_final=True) for b in budgets]
+    cols = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    idx = cols["row"].astype(int)
+    return {"row": idx + first_row, "prompt": [prompts[i] for i in idx], "seed": [seeds[i] for i in idx],
+            **{k: v for k, v in cols.items() if k != "row"}}
+
+
+def num_train_timesteps(model: str) -> int:
+    """The model's scheduler training length, from its config (the learned signal's t is t / this)."""
+    cfg = Path(model) / "scheduler" / "scheduler_config.json"
+    return int(json.loads(cfg.read_text()).get("num_train_timesteps", 1000)) if cfg.is_file() else 1000
 
 
 # 3. The job ------------------------------------------------------------------------------------------------------
@@ -219,7 +237,8 @@ def main(argv: list[str] | None = None) -> int:
     traj["run"] = traj["row"].astype(np.int64) * 1000 + traj["budget"].astype(np.int64)
 
     # Fit on 80% of the prompts, validate on the rest; then refit on every row for the artifact.
-    x = signal_features(traj["step"], traj["budget"], traj["t"], traj["rate"], traj["rate_prev"], 1000)
+    x = signal_features(traj["step"], traj["budget"], traj["t"], traj["rate"], traj["rate_prev"],
+                        num_train_timesteps(a.model))
     y = (traj["ssim_final" if a.label == "final" else "ssim_ref"] >= a.criterion).astype(float)
     usable = ~np.isnan(traj["rate"])  # the first check has no rate: the rules never stop there
     prompts = np.unique(traj["prompt"])

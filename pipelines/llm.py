@@ -20,7 +20,7 @@ from typing import Any, Iterable
 
 from ray.data import Datasink
 
-from dynagen.records import ERROR, FINAL_STATUSES, OK, outcomes
+from dynagen.records import ERROR, FINAL_STATUSES, outcome_totals, outcomes
 from dynagen.settings import Settings
 from dynagen.storage import Storage
 from dynagen.errors import root_cause
@@ -276,9 +276,7 @@ def done_ids(storage: Storage) -> set[str]:
 def destination_totals(storage: Storage) -> tuple[int, int]:
     """(ok, not ok) over the destination's ids, every run counted, each id by its latest outcome."""
     t = read_responses(storage, ["id", "status"])
-    best = outcomes(t["id"].to_pylist(), t["status"].to_pylist())
-    ok = sum(1 for s in best.values() if s == OK)
-    return ok, len(best) - ok
+    return outcome_totals(t["id"].to_pylist(), t["status"].to_pylist())
 
 
 # 3. The run ---------------------------------------------------------------------------------------------------

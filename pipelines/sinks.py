@@ -18,7 +18,10 @@ from typing import Any, Iterable
 
 from ray.data import Datasink
 
-from dynagen.records import ERROR, FAILED, METADATA_COLUMNS, OK, RunSummary, metadata_schema, outcomes
+from dynagen.errors import root_cause
+from dynagen.records import (
+    ERROR, FAILED, METADATA_COLUMNS, OK, RunSummary, metadata_schema, outcome_totals, outcomes,
+)
 from dynagen.storage import Storage
 
 THUMBS_PER_STEP = 6  # contact-sheet samples each write task keeps per step count
@@ -176,8 +179,6 @@ class ImageSink(Datasink):
 def write_failed_summary(storage: Storage, summary, error: BaseException, t0: float, totals) -> None:
     """A stopped run still leaves ``runs/<run_id>.json`` (status failed, the cause, the destination's totals), best
     effort: when storage itself is what failed, this write fails too and the CLI's one-line error is the record."""
-    from dynagen.errors import root_cause
-
     summary.status, summary.error = "failed", root_cause(error)
     summary.wall_s = round(time.time() - t0, 3)
     summary.finished_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -229,6 +230,4 @@ def done_ids(storage: Storage) -> set[str]:
 def destination_totals(storage: Storage) -> tuple[int, int]:
     """(ok, not ok) over the destination's ids, every run counted, each id by its latest outcome."""
     table = read_metadata(storage, ["id", "status"])
-    best = outcomes(table["id"].to_pylist(), table["status"].to_pylist())
-    ok = sum(1 for s in best.values() if s == OK)
-    return ok, len(best) - ok
+    return outcome_totals(table["id"].to_pylist(), table["status"].to_pylist())

@@ -11,8 +11,6 @@ from dynagen.cli.common import SchedulerName, exit_with_error, load, quiet_libra
 app = typer.Typer(help="Run batch generation jobs.", no_args_is_help=True)
 
 
-
-
 # Job options shared with ``dynagen submit images`` (same flags, same meaning, whether local or on a cluster).
 PromptsOpt = Annotated[str, typer.Option("--prompts", "-p", help="Prompt shards: a file, directory, glob or s3:// prefix "
                                          "(.parquet, .jsonl, .csv; column 'prompt', optional id, seed, negative_prompt, steps).")]

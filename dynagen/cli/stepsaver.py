@@ -13,8 +13,6 @@ import typer
 from dynagen.cli.common import SchedulerName, exit_with_error, load, quiet_libraries
 
 
-
-
 class Precision(str, Enum):
     fp32 = "fp32"
     int8 = "int8"
