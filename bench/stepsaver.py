@@ -23,7 +23,7 @@ One process, one machine, the same held-out prompts and seeds for every run:
 
 Writes a JSON and a PNG plot.
 
-    python -m bench.stepsaver                  # 200 held-out prompts + 24 real ones, ~15 min on 2 cores
+    python -m bench.stepsaver                  # 200 held-out prompts + 24 real ones, ~35 min on 2 cores
     python -m bench.stepsaver --smoke-test     # 6 prompts, a minute
 """
 
