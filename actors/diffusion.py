@@ -170,6 +170,8 @@ class DiffusionCore:
         early_stop_min_steps: int | None = None,
         early_stop_signal: str | None = None,
         early_stop_level: float | None = None,
+        adaptive: bool = False,
+        adaptive_tol: float | None = None,
     ):
         import torch
 
@@ -200,6 +202,14 @@ class DiffusionCore:
             given = dict(threshold=early_stop_threshold, interval=early_stop_interval, min_steps=early_stop_min_steps,
                          signal=signal, level=early_stop_level)
             self.early_stop = EarlyStopSampler(self.pipe, EarlyStopConfig(**{k: v for k, v in given.items() if v is not None}))
+        # Adaptive per-sample steps (actors/adaptive.py): the step count becomes each image's cap.
+        self.adaptive = None
+        if adaptive:
+            from actors.adaptive import DEFAULT_TOL, AdaptiveError, AdaptiveSampler
+
+            if early_stop:
+                raise AdaptiveError("adaptive steps and early stopping are two per-sample rules: choose one")
+            self.adaptive = AdaptiveSampler(self.pipe, tol=adaptive_tol if adaptive_tol is not None else DEFAULT_TOL)
 
     def generate(
         self, prompts: list[str], seeds: list[int], steps: int, negative_prompts: list[str] | None = None
@@ -216,6 +226,11 @@ class DiffusionCore:
 
         gens = [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds]
         neg = negative_prompts if negative_prompts and any(negative_prompts) else None
+        if self.adaptive is not None:
+            res = self.adaptive(prompts, gens, self.guidance_scale, neg, max_steps=int(steps))
+            self.batches_run += 1
+            images = (np.clip(res.images, 0, 1) * 255).round().astype(np.uint8)
+            return images, res.steps_run, [ran < int(steps) for ran in res.steps_run]
         if self.early_stop is not None:
             res = self.early_stop(prompts, gens, int(steps), self.guidance_scale, neg)
             self.batches_run += 1

@@ -54,6 +54,8 @@ BATCH_SIZE = 16  # rows per UNet batch, as the image job's default window fills 
 NUM_THREADS = 2  # the machine's cores; one process, no Ray (its overhead would blur per-run timings)
 RISKS = (0.02, 0.05, 0.1, 0.2, 0.3, 0.5)
 ORACLE_THRESHOLDS = (0.98, 0.99, 0.995, 0.998)
+ADAPTIVE_TOLS = (0.05, 0.02, 0.01, 0.005, 0.002)  # actors/adaptive.py's quality knob, loose to tight
+DPM_COUNTS = (4, 6, 8, 10, 12, 15, 20, 25, 30)  # fixed DPM-Solver++ counts: the solver adaptive steps are built on
 SPEED_PROMPTS = 2_000
 TARGETS = {"evals_vs_fixed": 0.75, "evals_vs_fixed_stretch": 0.6, "evals_vs_oracle": 1.25, "vs_fixed100": 3.0,
            "signal_evals_vs_fixed": 0.65,
@@ -124,6 +126,22 @@ def ssim_to(images: np.ndarray, ref: np.ndarray) -> np.ndarray:
     return np.array([image_quality(a, b)[0] for a, b in zip(images, ref)])
 
 
+def run_adaptive(sampler, guidance: float, prompts: list[str], seeds: list[int], tol: float, caps=None,
+                 batch_size: int = BATCH_SIZE) -> tuple[np.ndarray, np.ndarray, int, float]:
+    """Adaptive per-sample steps over rows in batches: (uint8 images, steps per row, UNet evals, wall seconds)."""
+    import torch
+
+    images, steps, evals, t0 = [], [], 0, time.perf_counter()
+    for s in range(0, len(prompts), batch_size):
+        gens = [torch.Generator().manual_seed(int(x)) for x in seeds[s:s + batch_size]]
+        cap = None if caps is None else np.asarray(caps[s:s + batch_size])
+        out = sampler(prompts[s:s + batch_size], gens, guidance, tol=tol, max_steps=cap)
+        images.append((np.clip(out.images, 0, 1) * 255).round().astype(np.uint8))
+        steps += out.steps_run
+        evals += out.unet_evals
+    return np.concatenate(images), np.asarray(steps), evals, time.perf_counter() - t0
+
+
 def heldout_prompts(n: int, exclude: set[str]) -> tuple[list[str], int]:
     """``n`` fresh prompts of the world's mix not in the calibration set; also how many draws were excluded."""
     from dynagen.synth import example_prompts
@@ -178,6 +196,13 @@ def plot(result: dict, path: Path) -> bool:
     if sig:
         ax.plot([r["evals_per_image"] for r in sig], [r["mean_ssim"] for r in sig], "D-", color="C3",
                 label="StepSaver + learned signal (calibrated level)")
+    dp, ad = result.get("fixed_dpm") or [], result.get("adaptive") or []
+    if dp:
+        ax.plot([r["evals_per_image"] for r in dp], [r["mean_ssim"] for r in dp], "o--", color="C7", alpha=0.8,
+                label="fixed steps, DPM-Solver++(2M)")
+    if ad:
+        ax.plot([r["evals_per_image"] for r in ad], [r["mean_ssim"] for r in ad], "P-", color="C2",
+                label="adaptive per-sample steps (tolerances)")
     for key, style, label in (("oracle_sample", "^--", "oracle per sample"), ("oracle_prompt", "v:", "oracle per prompt")):
         o = result.get(key) or []
         if o:
@@ -210,6 +235,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--real", type=int, default=N_REAL, help="DiffusionDB prompts to sweep too")
     ap.add_argument("--threads", type=int, default=NUM_THREADS)
     ap.add_argument("--timing-rounds", type=int, default=2)
+    ap.add_argument("--adaptive-tols", default=",".join(map(str, ADAPTIVE_TOLS)),
+                    help="adaptive-step tolerances to run ('' = skip adaptive steps and the fixed DPM-Solver++ curve)")
     ap.add_argument("--out", default="out/bench/stepsaver.json")
     ap.add_argument("--plot", default=None, help="PNG path (default: beside --out)")
     a = ap.parse_args(argv)
@@ -294,6 +321,50 @@ def main(argv: list[str] | None = None) -> int:
     for pt in stepsaver:
         pt["evals_vs_oracle_same_quality"] = pt["unet_evals"] / interp_evals(oq, oe, pt["mean_ssim"])
 
+    # Adaptive per-sample steps (actors/adaptive.py): each image's own step sizes from its own x̂0 history. Compared
+    # with the fixed DDIM curve (the project's sampler) and with fixed DPM-Solver++(2M), the solver it adapts: the
+    # second comparison separates what adaptivity buys from what a second-order solver buys.
+    adaptive, dpm_fixed, adaptive_cap = [], [], []
+    tols = [float(x) for x in a.adaptive_tols.split(",") if x.strip()]
+    wi = np.flatnonzero(W)
+    ws_rows = [rows_s[i] for i in wi]
+    if tols:
+        from actors.adaptive import DEFAULT_TOL, AdaptiveSampler
+
+        drun = Runner(DiffusionCore(a.model, "dpm++", batch_size=BATCH_SIZE, num_threads=a.threads), BATCH_SIZE)
+        for g in DPM_COUNTS:
+            imgs, st = drun.run(pw, ws_rows, [g] * len(pw))
+            q = ssim_to(imgs, ref[wi])
+            dpm_fixed.append({"steps": g, "mean_steps": float(g), "mean_ssim": float(q.mean()), "min_ssim": float(q.min()),
+                              "unet_evals": float(st["unet_evals"]), "evals_per_image": st["unet_evals"] / len(pw),
+                              "wall_s": round(st["wall_s"], 2)})
+            print(f"[bench] fixed dpm++ {g:3d}: mean SSIM {q.mean():.4f}", flush=True)
+        dq, de = np.array([r["mean_ssim"] for r in dpm_fixed]), np.array([r["unet_evals"] for r in dpm_fixed])
+        sampler = AdaptiveSampler(core.pipe)
+
+        def adaptive_point(tol, caps=None) -> dict:
+            imgs, st, ev, wall = run_adaptive(sampler, core.guidance_scale, pw, ws_rows, tol, caps)
+            q = ssim_to(imgs, ref[wi])
+            return {"tol": tol, "mean_steps": float(st.mean()), "min_steps": int(st.min()), "max_steps": int(st.max()),
+                    "steps_p10_p90": [float(np.percentile(st, 10)), float(np.percentile(st, 90))],
+                    "mean_ssim": float(q.mean()), "min_ssim": float(q.min()), "unet_evals": float(ev),
+                    "evals_per_image": ev / len(pw), "wall_s": round(wall, 2),
+                    "evals_vs_fixed_same_quality": ev / interp_evals(fq, fe, float(q.mean())),
+                    "evals_vs_dpm_fixed_same_quality": ev / interp_evals(dq, de, float(q.mean())),
+                    "default_tol": tol == DEFAULT_TOL}
+
+        for tol in sorted(set(tols) | {DEFAULT_TOL}, reverse=True):
+            adaptive.append(adaptive_point(tol))
+            r = adaptive[-1]
+            print(f"[bench] adaptive tol {tol}: {r['mean_steps']:.1f} steps ({r['min_steps']}-{r['max_steps']}), "
+                  f"mean SSIM {r['mean_ssim']:.4f}, {r['evals_vs_fixed_same_quality']:.2f}× fixed DDIM, "
+                  f"{r['evals_vs_dpm_fixed_same_quality']:.2f}× fixed DPM++", flush=True)
+        # StepSaver's prediction as each sample's step cap (the prompt's budget), at the default tolerance
+        for r in (predictor.config.risk,):
+            pt = adaptive_point(DEFAULT_TOL, caps=steps_by_risk[r])
+            pt.update(risk=r)
+            adaptive_cap.append(pt)
+
     # StepSaver + learned signal: replayed from one recorded run per (row, budget)
     stepsaver_signal, signal_meta = [], {}
     if a.signal and (Path(a.signal) / "signal.json").is_file():
@@ -305,7 +376,6 @@ def main(argv: list[str] | None = None) -> int:
                                   min_steps=int(sig.meta.get("min_steps", 6)))
         sig_risks = sorted(set(SIGNAL_RISKS) | {predictor.config.risk})  # all among `risks`: predicted above
         budgets_by_risk = {r: steps_by_risk[r] for r in sig_risks}
-        wi = np.flatnonzero(W)
         pairs = sorted({(i, int(b)) for r in sig_risks for i, b in enumerate(budgets_by_risk[r])})
         t_rec = time.perf_counter()
         recorder = EarlyStopSampler(core.pipe, EarlyStopConfig(threshold=0.0, interval=sig_cfg.interval, min_steps=1))
@@ -407,6 +477,8 @@ def main(argv: list[str] | None = None) -> int:
 
     # 6. Report
     headline = main_pt["evals_vs_fixed_same_quality"]
+    ad_main = next((r for r in adaptive if r["default_tol"]), None)
+    ad_at50 = min((r for r in adaptive if r["mean_ssim"] >= q50 - 1e-12), key=lambda r: r["unet_evals"], default=None)
     met = {
         "evals_le_0.75x_fixed_same_quality": headline <= TARGETS["evals_vs_fixed"],
         "evals_le_0.6x_fixed_stretch": headline <= TARGETS["evals_vs_fixed_stretch"],
@@ -417,6 +489,11 @@ def main(argv: list[str] | None = None) -> int:
         "signal_evals_le_0.65x_fixed_same_quality": bool(main_sig)
         and main_sig["evals_vs_fixed_same_quality"] <= TARGETS["signal_evals_vs_fixed"],
         "predictor_500_per_s": speed["prompts_per_s"] >= TARGETS["predictor_prompts_per_s"],
+        # the per-sample signal as adaptive step sizes (actors/adaptive.py), at its default tolerance
+        "adaptive_evals_le_0.65x_fixed_same_quality": bool(ad_main)
+        and ad_main["evals_vs_fixed_same_quality"] <= TARGETS["signal_evals_vs_fixed"],
+        "adaptive_3x_fewer_than_fixed100_at_fixed50_quality": bool(ad_at50)
+        and fixed100["unet_evals"] / ad_at50["unet_evals"] >= TARGETS["vs_fixed100"],
     }
     result = {
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch_threads": a.threads},
@@ -426,6 +503,7 @@ def main(argv: list[str] | None = None) -> int:
                    "grid": grid, "reference_steps": ref_steps, "calibration_threshold": thr,
                    "trained_risk": predictor.config.risk, "batch_size": BATCH_SIZE, "smoke_test": a.smoke_test},
         "fixed": fixed, "stepsaver": stepsaver, "stepsaver_signal": stepsaver_signal, "signal": signal_meta,
+        "fixed_dpm": dpm_fixed, "adaptive": adaptive, "adaptive_stepsaver_cap": adaptive_cap,
         "oracle_sample": oracle_sample, "oracle_prompt": oracle_prompt,
         "headline": {"stepsaver_evals_vs_fixed_same_quality": headline,
                      "stepsaver_evals_vs_oracle_sample_same_quality": main_pt["evals_vs_oracle_same_quality"],
@@ -437,7 +515,15 @@ def main(argv: list[str] | None = None) -> int:
                          main_sig["evals_vs_oracle_same_quality"] if main_sig else None,
                      # chosen on this bench's own rows: an optimistic figure, reported as such
                      "signal_best_risk_at_calibrated_level": best_sig["risk"] if best_sig else None,
-                     "signal_best_evals_vs_fixed_same_quality": best_sig["evals_vs_fixed_same_quality"] if best_sig else None},
+                     "signal_best_evals_vs_fixed_same_quality": best_sig["evals_vs_fixed_same_quality"] if best_sig else None,
+                     "adaptive_default_tol": ad_main["tol"] if ad_main else None,
+                     "adaptive_evals_vs_fixed_same_quality": ad_main["evals_vs_fixed_same_quality"] if ad_main else None,
+                     "adaptive_evals_vs_dpm_fixed_same_quality":
+                         ad_main["evals_vs_dpm_fixed_same_quality"] if ad_main else None,
+                     "adaptive_evals_vs_oracle_sample_same_quality":
+                         ad_main["unet_evals"] / interp_evals(oq, oe, ad_main["mean_ssim"]) if ad_main else None,
+                     "fixed100_evals_over_best_adaptive_at_fixed50_quality":
+                         fixed100["unet_evals"] / ad_at50["unet_evals"] if ad_at50 else None},
         "classes": classes, "real_prompts": real, "timed": timed,
         "time_split": {"unet_share_of_generation_wall": unet_share, "evals_per_sample_step": evals_per_step,
                        "sweep_wall_s": round(sum(t["wall_s"] for t in timing.values()), 1)},
@@ -466,6 +552,13 @@ def main(argv: list[str] | None = None) -> int:
         name = f"+signal r{r['risk']} p≥{r['level']}" + (" *" if r["trained_risk"] and r["calibrated_level"] else "")
         print(f"{name:<26}{r['mean_steps']:>11.1f}{r['evals_per_image']:>10.1f}{r['mean_ssim']:>11.4f}"
               f"{r['min_ssim']:>10.4f}{r['evals_vs_fixed_same_quality']:>9.2f}×")
+    for r in dpm_fixed:
+        print(f"{'fixed dpm++ ' + str(r['steps']):<26}{r['mean_steps']:>11.1f}{r['evals_per_image']:>10.1f}"
+              f"{r['mean_ssim']:>11.4f}{r['min_ssim']:>10.4f}{r['unet_evals'] / interp_evals(fq, fe, r['mean_ssim']):>9.2f}×")
+    for r in adaptive + adaptive_cap:
+        name = f"adaptive tol {r['tol']}" + (f" cap r{r['risk']}" if "risk" in r else "") + (" *" if r["default_tol"] else "")
+        print(f"{name:<26}{r['mean_steps']:>11.1f}{r['evals_per_image']:>10.1f}{r['mean_ssim']:>11.4f}"
+              f"{r['min_ssim']:>10.4f}{r['evals_vs_fixed_same_quality']:>9.2f}× ({r['evals_vs_dpm_fixed_same_quality']:.2f}× dpm++)")
     for key, rows in (("oracle/sample", oracle_sample), ("oracle/prompt", oracle_prompt)):
         for r in rows:
             print(f"{key + ' ' + str(r['threshold']):<26}{r['mean_steps']:>11.1f}{r['evals_per_image']:>10.1f}"

@@ -89,14 +89,23 @@ class ImageSettings(_Section):
     )
     early_stop_interval: int = Field(2, ge=1, description="Check convergence every this many steps.")
     early_stop_min_steps: int = Field(6, ge=1, description="No image stops before this many steps.")
+    adaptive: bool = Field(
+        False, description="Adaptive per-sample steps: each image's step sizes follow its own trajectory "
+        "(DPM-Solver++(2M) with error control); steps = each image's cap.",
+    )
+    adaptive_tol: float = Field(
+        0.01, gt=0, description="Adaptive steps' local error tolerance (smaller = more steps, closer to the "
+        "many-step image).",
+    )
 
     def early_stop_kwargs(self) -> dict:
-        """The early-stop arguments of ``actors.diffusion.DiffusionCore``: one mapping for the job and Serve."""
+        """The per-sample arguments (early stop, adaptive steps) of ``actors.diffusion.DiffusionCore``: one mapping
+        for the job and Serve."""
         return dict(
             early_stop=self.early_stop, early_stop_threshold=self.early_stop_threshold,
             early_stop_interval=self.early_stop_interval, early_stop_min_steps=self.early_stop_min_steps,
             early_stop_signal=self.early_stop_signal_path if self.early_stop_signal == "learned" else None,
-            early_stop_level=self.early_stop_level,
+            early_stop_level=self.early_stop_level, adaptive=self.adaptive, adaptive_tol=self.adaptive_tol,
         )
 
     @field_validator("steps", mode="before")
