@@ -2,8 +2,8 @@
 
 Two deployments (resources and autoscaling set in :func:`build_app`, from ``settings.serve``):
 
-* ``Gateway`` (the FastAPI ingress): validates requests, holds the StepSaver predictor and the router (both small
-  CPU models), and forwards image requests. Concurrent ``/v1/steps`` requests and ``steps="auto"`` image requests
+* ``Gateway`` (the FastAPI ingress; its app is built by :func:`make_api`): validates requests, holds the
+  StepSaver predictor and the router (both small CPU models), and forwards image requests. Concurrent ``/v1/steps`` requests and ``steps="auto"`` image requests
   share one ``@serve.batch`` queue, so N waiting clients cost one encoder forward, not N.
 * ``ImageGenerator``: holds a :class:`actors.diffusion.DiffusionCore`. **One ``@serve.batch`` queue per step
   count**, created on first use. Why not one queue that groups inside the handler with ``plan_batches``: a mixed
@@ -27,9 +27,10 @@ Run it with ``dynagen serve [--config FILE] [--host 127.0.0.1] [--port 8000]``, 
     curl -s localhost:8000/v1/images -H 'content-type: application/json' -d '{"prompt": "a red circle", "seed": 1}' -o a.png
     curl -s 'localhost:8000/v1/images?format=json' -H 'content-type: application/json' -d '{"prompt": "a star", "steps": 8}'
 
-Importing this module loads Ray Serve and FastAPI but no model, reads no env var and starts nothing.
-No ``from __future__ import annotations`` here: Serve's ingress rebinds the route methods, and FastAPI then
-cannot resolve string annotations (a body model silently became a required query parameter).
+Importing this module loads Ray Serve and FastAPI but no model, reads no env var and starts nothing; even the
+FastAPI app is built per replica (:func:`make_api`), from the settings the deployment was bound with, so its limits
+(request size, prompt length, batch size, steps) cannot be missing.
+No ``from __future__ import annotations`` here: FastAPI resolves the route functions' annotations at run time.
 """
 
 import asyncio
@@ -149,53 +150,66 @@ class ImageGenerator:
 
 # 2. The ingress ------------------------------------------------------------------------------------------------
 
-api = FastAPI(title="dynagen", description="Step recommendation, prompt routing and single-image generation.")
-_gateway = None  # the Gateway replica of this process (one per process); the middleware needs its settings and metrics
-
-
-def _this_module():
-    # Serve may ship the ingress class by value (cloudpickle), and then its methods see a *copy* of this module's
-    # globals: `global _gateway` would set the copy. Importing gives the real module in every case.
-    import dynagen.serve as this
-
-    return this
-
-
-@api.middleware("http")
-async def _limits_and_metrics(request: Request, call_next):
-    g, t0 = _this_module()._gateway, time.perf_counter()
-    err = check_content_length(request.headers.get("content-length"), g.settings.serve.max_request_bytes) if g else None
-    response = JSONResponse(err.body(), status_code=err.status) if err else await call_next(request)
-    if g is not None:
-        tag = endpoint_tag(request.url.path)
-        g.m_requests.inc(1, tags={"endpoint": tag, "status": str(response.status_code)})
-        g.m_latency.observe((time.perf_counter() - t0) * 1000, tags={"endpoint": tag})
-    return response
-
-
-@api.exception_handler(RequestValidationError)
-async def _invalid(request: Request, exc: RequestValidationError):
-    return JSONResponse(clean_validation_errors(exc.errors()), status_code=422)
-
-
-@api.exception_handler(ClientError)
-async def _client_error(request: Request, exc: ClientError):
-    return JSONResponse(exc.body(), status_code=exc.status)
-
-
-@api.exception_handler(Exception)
-async def _server_error(request: Request, exc: Exception):
-    # Server bugs only (client mistakes are handled above); the body says nothing about the request or the server.
-    log.error("dynagen: unhandled error on %s: %s", request.url.path, one_line(exc))
-    return JSONResponse({"detail": "internal error"}, status_code=500)
-
 
 def _unavailable(what: str, why: str) -> JSONResponse:
     return JSONResponse({"detail": f"{what} unavailable: {why}"}, status_code=503)
 
 
+def make_api(gateway: "Gateway") -> FastAPI:
+    """The FastAPI app of one Gateway replica, built from that replica's settings once its models are loaded.
+
+    Serve calls this through ``Gateway.__serve_build_asgi_app__`` after ``__init__``, so the request-size limit and
+    every other limit are read from the settings the deployment was built with: there is no app without them.
+    """
+    g = gateway
+    max_request_bytes = g.settings.serve.max_request_bytes
+    api = FastAPI(title="dynagen", description="Step recommendation, prompt routing and single-image generation.")
+
+    @api.middleware("http")
+    async def limits_and_metrics(request: Request, call_next):
+        t0 = time.perf_counter()
+        err = check_content_length(request.headers.get("content-length"), max_request_bytes)
+        response = JSONResponse(err.body(), status_code=err.status) if err else await call_next(request)
+        tag = endpoint_tag(request.url.path)
+        g.m_requests.inc(1, tags={"endpoint": tag, "status": str(response.status_code)})
+        g.m_latency.observe((time.perf_counter() - t0) * 1000, tags={"endpoint": tag})
+        return response
+
+    @api.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError):
+        return JSONResponse(clean_validation_errors(exc.errors()), status_code=422)
+
+    @api.exception_handler(ClientError)
+    async def client_error(request: Request, exc: ClientError):
+        return JSONResponse(exc.body(), status_code=exc.status)
+
+    @api.exception_handler(Exception)
+    async def server_error(request: Request, exc: Exception):
+        # Server bugs only (client mistakes are handled above); the body says nothing about the request or server.
+        log.error("dynagen: unhandled error on %s: %s", request.url.path, one_line(exc))
+        return JSONResponse({"detail": "internal error"}, status_code=500)
+
+    @api.post("/v1/steps", response_model=StepsResponse)
+    async def steps(req: StepsRequest):
+        return await g.steps(req)
+
+    @api.post("/v1/route", response_model=RouteResponse)
+    async def route(req: RouteRequest):
+        return await g.route(req)
+
+    @api.post("/v1/images", responses={200: {"content": {"image/png": {}}}})
+    async def image(req: ImageRequest, format: str = Query("png", pattern="^(png|json)$")):
+        return await g.image(req, format)
+
+    @api.get("/healthz")
+    async def healthz():
+        return await g.healthz()
+
+    return api
+
+
 @serve.deployment
-@serve.ingress(api)
+@serve.ingress()  # no app at import: each replica builds its own from its settings (make_api)
 class Gateway:
     def __init__(self, settings_json: str, images):
         from ray.serve import metrics
@@ -229,7 +243,9 @@ class Gateway:
                                            boundaries=LATENCY_BUCKETS_MS, tag_keys=("endpoint",))
         self.m_steps = metrics.Histogram("dynagen_steps", description="Step counts predicted (/v1/steps) or used "
                                          "(/v1/images).", boundaries=STEPS_BUCKETS, tag_keys=("endpoint",))
-        _this_module()._gateway = self
+
+    def __serve_build_asgi_app__(self) -> FastAPI:
+        return make_api(self)
 
     # -- StepSaver, batched across concurrent requests
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002)  # real values set in __init__ from settings
@@ -238,7 +254,6 @@ class Gateway:
         steps = dict(zip(uniq, await asyncio.to_thread(self.predictor.predict_steps, uniq)))
         return [[steps[p] for p in b] for b in batches]
 
-    @api.post("/v1/steps", response_model=StepsResponse)
     async def steps(self, req: StepsRequest):
         check_prompts(req.prompts, self.max_chars, self.settings.serve.max_batch_prompts)
         if self.predictor is None:
@@ -248,7 +263,6 @@ class Gateway:
             self.m_steps.observe(v, tags={"endpoint": "/v1/steps"})
         return StepsResponse(steps=steps)
 
-    @api.post("/v1/route", response_model=RouteResponse)
     async def route(self, req: RouteRequest):
         check_prompts(req.prompts, self.settings.serve.max_prompt_chars, self.settings.serve.max_batch_prompts)
         if self.router is None:
@@ -261,8 +275,7 @@ class Gateway:
         return RouteResponse(router=self.router.name, large_share=share,
                              threshold=None if math.isinf(threshold) else threshold, results=results)
 
-    @api.post("/v1/images", responses={200: {"content": {"image/png": {}}}})
-    async def image(self, req: ImageRequest, format: str = Query("png", pattern="^(png|json)$")):
+    async def image(self, req: ImageRequest, format: str):
         s = self.settings.serve
         check_prompt(req.prompt, ("body", "prompt"), self.max_chars)
         check_steps(req.steps, s.max_steps)
@@ -280,7 +293,6 @@ class Gateway:
             return JSONResponse(result.to_json(), headers=result.headers())
         return Response(result.png, media_type="image/png", headers=result.headers())
 
-    @api.get("/healthz")
     async def healthz(self):
         async def images_status() -> str:
             return await self.images.health.remote()

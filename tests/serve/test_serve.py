@@ -259,6 +259,21 @@ def test_bad_input_is_a_4xx_naming_the_field(app, path, body, status, field):
     assert SECRET not in r.text
 
 
+def test_request_size_limit_comes_from_the_settings(app):
+    """The app's serve.max_request_bytes is 64 KiB (the default is 1 MiB): a body one byte over it is refused
+    before it is read, the same body one byte under it is served."""
+    url, expected = app
+    limit = 64 * 1024
+    body = '{"prompts": ["%s"]}' % PROMPTS[1]
+    headers = {"content-type": "application/json"}
+    over = requests.post(url + "/v1/steps", data=body + " " * (limit + 1 - len(body)), headers=headers, timeout=60)
+    assert over.status_code == 413, over.text
+    assert over.json()["detail"][0]["msg"] == f"request body is {limit + 1} bytes (max {limit})"
+    under = requests.post(url + "/v1/steps", data=body + " " * (limit - 1 - len(body)), headers=headers, timeout=60)
+    assert under.status_code == 200, under.text
+    assert under.json() == {"steps": [expected[1]]}
+
+
 def test_server_keeps_serving_after_bad_input(app):
     url, expected = app
     assert requests.get(url + "/v1/steps", timeout=30).status_code == 405
