@@ -2,6 +2,9 @@
 
 Layers, lowest first: field defaults < YAML file (``--config``) < ``DYNAGEN_*`` env vars < CLI flags.
 Env names are the dotted key upper-cased with ``__`` between sections: ``DYNAGEN_IMAGES__BATCH_SIZE=16``.
+Model folders default to names inside one models directory, ``models_dir`` (``DYNAGEN_MODELS_DIR``), resolved when
+settings are built (never at import): unset, it is the checkout's ``models/`` when the code runs from a source
+checkout, else the copy of the embedded models a wheel carries in the package (``dynagen/_models``).
 ``load_settings`` returns the validated model plus where each value came from (for ``dynagen config show``).
 """
 
@@ -12,16 +15,49 @@ from pathlib import Path
 from typing import Any, Literal, Mapping, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 ENV_PREFIX = "DYNAGEN_"
-REPO_ROOT = Path(__file__).resolve().parents[1]
 Scheduler = Literal["ddim", "euler", "dpm++"]  # the one list: the CLI, nightly and actors.diffusion use it
 SCHEDULER_NAMES: tuple[str, ...] = get_args(Scheduler)
 
 
 class SettingsError(ValueError):
     """A bad settings file, env var or flag; the message is one line naming the key."""
+
+
+# 0. Where the embedded models are -------------------------------------------------------------------------------
+
+PACKAGED_MODELS = "_models"  # inside the installed package: what pyproject's package-data puts in a wheel
+
+
+def checkout_root() -> Path | None:
+    """The source checkout this code runs from (editable install, Ray Jobs working_dir, the container image), or
+    None for an installed wheel. A checkout is the folder above the package holding pyproject.toml and models/."""
+    root = Path(__file__).resolve().parents[1]
+    return root if (root / "pyproject.toml").is_file() and (root / "models").is_dir() else None
+
+
+def default_models_dir() -> tuple[Path, str]:
+    """(folder, origin) of the embedded models when ``models_dir`` is not set: the checkout's ``models/``
+    (origin 'checkout'), else the package's own copy (origin 'package')."""
+    root = checkout_root()
+    if root is not None:
+        return root / "models", "checkout"
+    return Path(__file__).resolve().parent / PACKAGED_MODELS, "package"
+
+
+def _embedded(name: str):
+    """A default_factory: the embedded model ``name`` in the default models dir (rebased by Settings.models_dir)."""
+    return lambda: str(default_models_dir()[0] / name)
+
+
+# (section, field, folder name under models_dir): the settings whose default is an embedded model.
+EMBEDDED_MODELS = (
+    ("images", "model", "tiny-sd"), ("images", "stepsaver", "stepsaver"),
+    ("images", "early_stop_signal_path", "early-stop"), ("llm", "router_path", "router"),
+    ("llm", "small_model", "llm-small"), ("llm", "large_model", "llm-large"),
+)
 
 
 class _Section(BaseModel):
@@ -50,8 +86,8 @@ class RaySettings(_Section):
 
 
 class ImageSettings(_Section):
-    model: str = Field(str(REPO_ROOT / "models" / "tiny-sd"), description="diffusers pipeline folder.")
-    stepsaver: str = Field(str(REPO_ROOT / "models" / "stepsaver"), description="StepSaver predictor folder.")
+    model: str = Field(default_factory=_embedded("tiny-sd"), description="diffusers pipeline folder.")
+    stepsaver: str = Field(default_factory=_embedded("stepsaver"), description="StepSaver predictor folder.")
     steps: Literal["auto"] | int = Field(
         "auto", description="'auto' = StepSaver predicts per prompt; an int fixes the step count for every prompt."
     )
@@ -78,7 +114,7 @@ class ImageSettings(_Section):
         "(P(x̂0 already passes) ≥ early_stop_level); 'rate' = x̂0's change rate < early_stop_threshold.",
     )
     early_stop_signal_path: str = Field(
-        str(REPO_ROOT / "models" / "early-stop"), description="Learned early-stop signal (jobs/calibrate_early_stop.py)."
+        default_factory=_embedded("early-stop"), description="Learned early-stop signal (jobs/calibrate_early_stop.py)."
     )
     early_stop_level: float | None = Field(
         None, gt=0, le=1, description="Learned rule's stopping probability (unset = the level calibrated with it)."
@@ -111,7 +147,7 @@ class ImageSettings(_Section):
 
 class LLMSettings(_Section):
     router: str = Field("learned", description="Router name from the registry (learned, random, ...).")
-    router_path: str = Field(str(REPO_ROOT / "models" / "router"), description="Learned router artifact folder.")
+    router_path: str = Field(default_factory=_embedded("router"), description="Learned router artifact folder.")
     large_share: float = Field(0.3, ge=0, le=1, description="Target share of prompts sent to the large model.")
     share_mode: Literal["calibrated", "per_batch"] = Field(
         "calibrated",
@@ -124,8 +160,8 @@ class LLMSettings(_Section):
     max_prompt_tokens: int | None = Field(
         None, ge=1, description="Cap on prompt tokens below the model context (bounds batch memory); unset = context."
     )
-    small_model: str = Field(str(REPO_ROOT / "models" / "llm-small"), description="Small causal LM (HF id or folder).")
-    large_model: str = Field(str(REPO_ROOT / "models" / "llm-large"), description="Large causal LM (HF id or folder).")
+    small_model: str = Field(default_factory=_embedded("llm-small"), description="Small causal LM (HF id or folder).")
+    large_model: str = Field(default_factory=_embedded("llm-large"), description="Large causal LM (HF id or folder).")
     max_new_tokens: int = Field(32, ge=1, le=4096, description="Tokens generated per response.")
     batch_size: int = Field(16, ge=1, description="Prompts per generation batch.")
     max_prompt_chars: int = Field(8000, ge=1, description="Longer prompts fail their row.")
@@ -164,11 +200,30 @@ class ServeSettings(_Section):
 
 
 class Settings(_Section):
-    storage: StorageSettings = StorageSettings()
-    ray: RaySettings = RaySettings()
-    images: ImageSettings = ImageSettings()
-    llm: LLMSettings = LLMSettings()
-    serve: ServeSettings = ServeSettings()
+    models_dir: str | None = Field(
+        None, description="Folder of the embedded models (tiny-sd, stepsaver, early-stop, router, llm-small, "
+        "llm-large); unset = the checkout's models/, or the installed package's copy. Model settings left unset "
+        "point inside it.",
+    )
+    storage: StorageSettings = Field(default_factory=StorageSettings)
+    ray: RaySettings = Field(default_factory=RaySettings)
+    images: ImageSettings = Field(default_factory=ImageSettings)
+    llm: LLMSettings = Field(default_factory=LLMSettings)
+    serve: ServeSettings = Field(default_factory=ServeSettings)
+
+    @model_validator(mode="after")
+    def _resolve_models_dir(self) -> "Settings":
+        # Resolved here, when settings are built. The resolved values are written past pydantic's "fields set"
+        # bookkeeping on purpose: they stay defaults, so `dynagen submit` (which sends only what was set) lets the
+        # cluster resolve them against its own models dir.
+        if self.models_dir is None:
+            self.__dict__["models_dir"] = str(default_models_dir()[0])
+            return self
+        for section, key, name in EMBEDDED_MODELS:
+            sec = getattr(self, section)
+            if key not in sec.model_fields_set:
+                sec.__dict__[key] = str(Path(self.models_dir) / name)
+        return self
 
 
 SECRET_KEYS = {"storage.access_key_id", "storage.secret_access_key"}
@@ -271,5 +326,8 @@ def describe(settings: Settings, sources: Mapping[str, str]) -> list[tuple[str, 
     for key, value in sorted(_flatten(settings.model_dump()).items()):
         if key in SECRET_KEYS and value is not None:
             value = "********"
-        rows.append((key, "" if value is None else str(value), sources.get(key, "default")))
+        source = sources.get(key, "default")
+        if key == "models_dir" and source == "default":
+            source = f"default ({default_models_dir()[1]})"  # which of the two defaults it resolved to
+        rows.append((key, "" if value is None else str(value), source))
     return rows

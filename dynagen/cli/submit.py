@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 import typer
 
 from dynagen.cli.common import exit_with_error, load
+from dynagen.settings import EMBEDDED_MODELS, checkout_root
 from dynagen.cli.run import (
     BatchSizeOpt, ConfigOpt, EarlyStopOpt, LimitOpt, ModelOpt, OutOpt, PromptsOpt, RunIdOpt, SchedulerOpt,
     SkipBadShardsOpt, StepsOpt, image_overrides,
@@ -27,7 +28,6 @@ if TYPE_CHECKING:
 
 app = typer.Typer(help="Submit batch jobs to a Ray cluster (Ray Jobs API).", no_args_is_help=True)
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 # What a job does not need on the cluster. Ray also honours .gitignore (so .venv/, out/, caches are already out);
 # these cover checkouts without one. Patterns are gitignore-style, relative to the project root.
@@ -36,10 +36,10 @@ WORKING_DIR_EXCLUDES = [
     "__pycache__/", ".pytest_cache/", "*.pyc", "/build/", "/tmp/",
 ]
 
-# Settings that name a folder: when it lies inside this checkout it is sent relative, so it resolves inside the
-# job's working_dir (the same files, unpacked on the cluster) instead of pointing at this machine's disk.
-PATH_SETTINGS = [("images", "model"), ("images", "stepsaver"), ("llm", "router_path"), ("llm", "small_model"),
-                 ("llm", "large_model")]
+# Settings that name a folder (the models dir and every embedded-model setting): when one lies inside this checkout
+# it is sent relative, so it resolves inside the job's working_dir (the same files, unpacked on the cluster) instead
+# of pointing at this machine's disk.
+PATH_SETTINGS = [("models_dir",)] + [(section, key) for section, key, _ in EMBEDDED_MODELS]
 
 # Ray looks for a token in this order (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH, ~/.ray/auth_token); so do we.
 DEFAULT_TOKEN_PATH = Path("~/.ray/auth_token")
@@ -99,7 +99,16 @@ def resolve_token(token_file: Path | None = None, env: dict[str, str] | None = N
     return None
 
 
-def job_payload(settings: "Settings", root: Path = PROJECT_ROOT) -> tuple[str, dict[str, str]]:
+def project_root() -> Path:
+    """The checkout a job ships as its working_dir; a one-line error when this is an installed wheel (no checkout)."""
+    root = checkout_root()
+    if root is None:
+        exit_with_error("dynagen submit ships the project's source checkout as the job's working_dir; run it from a "
+                        "checkout (git clone + pip install -e .), not from an installed wheel")
+    return root
+
+
+def job_payload(settings: "Settings", root: Path | None = None) -> tuple[str, dict[str, str]]:
     """(settings JSON for the entrypoint, secret env vars for runtime_env).
 
     Only values set by file/env/flag are sent: defaults (e.g. the embedded model folders) are resolved by the job on
@@ -117,11 +126,15 @@ def job_payload(settings: "Settings", root: Path = PROJECT_ROOT) -> tuple[str, d
             env[env_name] = secret.get_secret_value()
     if not storage:
         data.pop("storage")
-    for section, key in PATH_SETTINGS:
-        value = data.get(section, {}).get(key)
+    root = project_root() if root is None else root
+    for *parents, key in PATH_SETTINGS:
+        section = data
+        for p in parents:
+            section = section.get(p, {})
+        value = section.get(key)
         if value:
             try:
-                data[section][key] = str(Path(value).resolve().relative_to(root.resolve()))
+                section[key] = str(Path(value).resolve().relative_to(root.resolve()))
             except ValueError:
                 pass  # outside the checkout: an absolute path or hub id that must exist on the cluster as given
     data["ray"] = {"address": "auto"}  # the job's driver runs on the cluster: join it, never start a nested Ray
@@ -235,7 +248,7 @@ def submit_job(*, address: str, token_file: Path | None, module: str, args: list
     except SubmitError as e:
         exit_with_error(str(e))
     runtime_env = {
-        "working_dir": str(PROJECT_ROOT),
+        "working_dir": str(project_root()),
         "excludes": WORKING_DIR_EXCLUDES,
         # No hub at run time: models are embedded in the image / shipped in working_dir.
         "env_vars": {"HF_HUB_OFFLINE": "1", "RAY_DATA_DISABLE_PROGRESS_BARS": "1", **env},
@@ -311,7 +324,7 @@ def llm(
     submission_id: SubmissionIdOpt = None,
 ) -> None:
     """Submit the LLM job (router + small/large models; same options as ``dynagen run llm``); prints the submission id."""
-    if not (PROJECT_ROOT / "jobs" / "run_llm.py").is_file():
+    if not (project_root() / "jobs" / "run_llm.py").is_file():
         exit_with_error("the LLM job (jobs/run_llm.py) is not part of this checkout yet")
     settings, _ = load(config, {
         "llm.large_share": large_share, "llm.small_model": small_model, "llm.large_model": large_model,

@@ -40,3 +40,26 @@ def test_missing_file_and_steps_parse(tmp_path):
     s, _ = load_settings(None, {"images.steps": "25"}, env={})
     assert s.images.steps == 25
     assert settings_from_json(s.model_dump_json()).images.steps == 25
+
+
+def test_models_dir_defaults_to_the_checkout_and_rebases_unset_model_settings(tmp_path):
+    from pathlib import Path
+
+    from dynagen.settings import EMBEDDED_MODELS, default_models_dir
+
+    checkout_models = Path(__file__).resolve().parents[2] / "models"
+    s, src = load_settings(env={})
+    assert default_models_dir() == (checkout_models, "checkout")
+    rows = {k: (v, so) for k, v, so in describe(s, src)}
+    assert rows["models_dir"] == (str(checkout_models), "default (checkout)")
+    assert s.images.model == str(checkout_models / "tiny-sd") and Path(s.images.model).is_dir()
+
+    # DYNAGEN_MODELS_DIR moves every model setting left unset; one set explicitly stays where it was put.
+    s, src = load_settings(overrides={"llm.small_model": "my/small"}, env={"DYNAGEN_MODELS_DIR": str(tmp_path)})
+    assert src["models_dir"] == "env" and s.models_dir == str(tmp_path)
+    for section, key, name in EMBEDDED_MODELS:
+        want = "my/small" if key == "small_model" else str(tmp_path / name)
+        assert getattr(getattr(s, section), key) == want
+    # Resolved defaults stay defaults: what `dynagen submit` sends (set values only) lets the cluster resolve them.
+    assert s.model_dump(exclude_unset=True) == {"models_dir": str(tmp_path), "llm": {"small_model": "my/small"}}
+    assert settings_from_json(s.model_dump_json()).images.model == str(tmp_path / "tiny-sd")
