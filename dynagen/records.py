@@ -93,6 +93,9 @@ def seed_from_id(row_id: str) -> int:
     return int.from_bytes(hashlib.sha256(row_id.encode()).digest()[:4], "big")
 
 
+RUNNING = "running"  # a run's status in runs/<run_id>.json while its sink writes (ok / failed when it ends)
+
+
 @dataclass
 class RunSummary:
     """What ``DEST/runs/<run_id>.json`` holds."""
@@ -101,7 +104,9 @@ class RunSummary:
     source: str
     dest: str
     started_at: str
-    status: str = "ok"  # ok | failed (the run stopped: `error` says why; finished rows are kept)
+    # running (written when the sink starts; stays so if the driver died) | ok | failed (the run stopped: `error`
+    # says why; finished rows are kept)
+    status: str = "ok"
     error: str = ""
     finished_at: str = ""
     wall_s: float = 0.0

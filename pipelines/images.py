@@ -81,6 +81,7 @@ def run(settings: Settings, src: str, dest: str, run_id: str | None = None) -> R
     from actors import ledger as ledger_mod
     from actors.diffusion import DiffusionActor, check_model_dir
     from dynagen.raycluster import ensure_ray
+    from pipelines.report import write_report
     from pipelines.sinks import ImageSink, done_ids
 
     s = settings.images
@@ -144,7 +145,7 @@ def run(settings: Settings, src: str, dest: str, run_id: str | None = None) -> R
         num_gpus=s.gpus_per_actor or None,
     )
 
-    # 6. Write images, metadata, the run summary and the HTML report.
+    # 6. Write: the sink records the run's start, then images and metadata, then the run summary.
     sink = ImageSink(out, summary, batch_size=s.batch_size, ledger=ledger)
     try:
         ds.write_datasink(sink, ray_remote_args={"num_cpus": LIGHT_CPU})
@@ -153,4 +154,7 @@ def run(settings: Settings, src: str, dest: str, run_id: str | None = None) -> R
         raise RunError(f"run {run_id} failed: {root_cause(e)}; finished work is kept, rerun the same command to resume") from e
     finally:
         ray.kill(ledger)
+
+    # 7. Report: the human view, rendered from what the sink committed (a report never exists without its summary).
+    write_report(out, sink.summary, sink.thumbs)
     return sink.summary

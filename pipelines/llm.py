@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import math
 import time
 from collections import Counter
@@ -25,7 +24,7 @@ from dynagen.settings import Settings
 from dynagen.storage import Storage
 from dynagen.errors import root_cause
 from pipelines.images import LIGHT_CPU, RunError, check_inputs, claim_rows, new_run_id
-from pipelines.sinks import write_failed_summary
+from pipelines.sinks import start_run_record, write_failed_summary, write_run_record
 
 RESPONSE_COLUMNS = (
     "id", "prompt", "route", "router_score", "model", "response", "prompt_tokens", "completion_tokens", "latency_ms",
@@ -75,7 +74,7 @@ class LLMRunSummary:
     target_large_share: float = 0.0
     share_mode: str = "calibrated"
     threshold: float | None = None
-    status: str = "ok"  # ok | failed (the run stopped: `error` says why; finished rows are kept)
+    status: str = "ok"  # running (while the sink writes) | ok | failed (the run stopped: `error` says why)
     error: str = ""
     finished_at: str = ""
     wall_s: float = 0.0
@@ -188,13 +187,17 @@ def merge_stats(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
 
 
 class ResponseSink(Datasink):
-    """Writes ``responses/*.parquet`` in write tasks; the driver side writes ``runs/<run_id>.json``."""
+    """Writes ``responses/*.parquet`` in write tasks; the driver side writes ``runs/<run_id>.json`` (start record,
+    then the summary), with the same lifecycle as :class:`pipelines.sinks.ImageSink`."""
 
     def __init__(self, storage: Storage, summary: LLMRunSummary, ledger=None):
         self.storage = storage
         self.summary = summary
         self.ledger = ledger
         self._t0 = time.time()
+
+    def on_write_start(self, schema=None) -> None:
+        start_run_record(self.storage, self.summary)
 
     def on_write_complete(self, write_result) -> None:
         self.finish(write_result.write_returns)
@@ -231,7 +234,8 @@ class ResponseSink(Datasink):
         s.wall_s = round(time.time() - self._t0, 3)
         s.finished_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
         s.dest_ok, s.dest_failed = destination_totals(self.storage)  # responses are written: every run counted
-        self.storage.put_bytes(f"runs/{s.run_id}.json", json.dumps(s.to_dict(), indent=2).encode(), "application/json")
+        s.status = "ok"
+        write_run_record(self.storage, s)
         return s
 
     def write(self, blocks: Iterable, ctx) -> dict[str, Any] | None:

@@ -1,9 +1,16 @@
 """Ray Data sinks: all of the image job's writes happen here (actors only return data).
 
-Per block: PNGs first (``images/<id>.png``), then one metadata Parquet whose name is derived from the block's
-ids, so a retried write task overwrites its own file instead of adding duplicate rows. A metadata row
-therefore never exists without its image. ``on_write_complete`` (on the driver) writes the run summary JSON
-and the HTML report from the small stats each write task returns.
+The whole Datasink lifecycle, for the image job here and the LLM job (``pipelines/llm.py``):
+
+* ``on_write_start`` (driver, before the first write task): the run's start record, ``runs/<run_id>.json`` with
+  status ``running``. The destination names every run that wrote to it, including one whose driver died (its record
+  stays ``running``; the rerun redoes its unfinished rows).
+* ``write`` (write tasks), per block: PNGs first (``images/<id>.png``), then one metadata Parquet whose name is
+  derived from the block's ids, so a retried write task overwrites its own file instead of adding duplicate rows.
+  A metadata row therefore never exists without its image. Each task returns small stats.
+* ``on_write_complete`` (driver): the run summary, ``runs/<run_id>.json`` with status ``ok``, from those stats.
+  The HTML report is not the sink's job: the pipeline renders it after the sink completes (``pipelines/report.py``).
+* ``on_write_failed`` (driver): the summary with status ``failed`` and the cause.
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ from ray.data import Datasink
 
 from dynagen.errors import root_cause
 from dynagen.records import (
-    ERROR, FAILED, METADATA_COLUMNS, OK, RunSummary, metadata_schema, outcome_totals, outcomes,
+    ERROR, FAILED, METADATA_COLUMNS, OK, RUNNING, RunSummary, metadata_schema, outcome_totals, outcomes,
 )
 from dynagen.storage import Storage
 
@@ -87,17 +94,34 @@ def block_stats(rows: dict[str, list]) -> dict[str, Any]:
     return stats
 
 
+def write_run_record(storage: Storage, summary) -> None:
+    """``runs/<run_id>.json``: a run summary (image or LLM job) as it stands."""
+    storage.put_bytes(f"runs/{summary.run_id}.json", json.dumps(summary.to_dict(), indent=2).encode(),
+                      "application/json")
+
+
+def start_run_record(storage: Storage, summary) -> None:
+    """The start record ``on_write_start`` writes: the summary so far, status ``running``."""
+    summary.status = RUNNING
+    write_run_record(storage, summary)
+
+
 class ImageSink(Datasink):
-    """Writes images + metadata to a Storage root; the driver side writes ``runs/<run_id>.{json,html}``."""
+    """Writes images + metadata to a Storage root; the driver side writes ``runs/<run_id>.json`` (start, then the
+    summary). After the write, ``thumbs`` holds the contact-sheet samples the pipeline's report shows."""
 
     def __init__(self, storage: Storage, summary: RunSummary, batch_size: int, ledger=None):
         self.storage = storage
         self.summary = summary
         self.batch_size = batch_size
         self.ledger = ledger
+        self.thumbs: dict[str, list[tuple[str, str, bytes]]] = {}
         self._t0 = time.time()
 
     # -- on the driver ----------------------------------------------------------------------------------
+    def on_write_start(self, schema=None) -> None:
+        start_run_record(self.storage, self.summary)
+
     def on_write_complete(self, write_result) -> None:
         self.finish(write_result.write_returns)
 
@@ -110,9 +134,7 @@ class ImageSink(Datasink):
         write_failed_summary(self.storage, self.summary, error, self._t0, destination_totals)
 
     def finish(self, returns: Iterable[dict[str, Any]]) -> RunSummary:
-        """Aggregate write-task stats, write the summary JSON and the HTML report; return the summary."""
-        from pipelines.report import render_report
-
+        """Aggregate write-task stats and write the summary JSON (status ok); return the summary."""
         s = self.summary
         hist, phist, reasons, batches, thumbs = Counter(), Counter(), Counter(), {}, {}
         for r in returns:
@@ -142,9 +164,9 @@ class ImageSink(Datasink):
         s.predicted_steps_histogram = dict(sorted(phist.items(), key=key))
         s.failure_reasons = dict(reasons.most_common(20))
         s.dest_ok, s.dest_failed = destination_totals(self.storage)  # metadata is written: every run counted
-        self.storage.put_bytes(f"runs/{s.run_id}.json", json.dumps(s.to_dict(), indent=2).encode(), "application/json")
-        html = render_report(s, dict(sorted(thumbs.items(), key=key)))
-        self.storage.put_bytes(f"runs/{s.run_id}.html", html.encode(), "text/html")
+        s.status = "ok"
+        write_run_record(self.storage, s)
+        self.thumbs = dict(sorted(thumbs.items(), key=key))
         return s
 
     # -- in write tasks ---------------------------------------------------------------------------------
@@ -184,8 +206,7 @@ def write_failed_summary(storage: Storage, summary, error: BaseException, t0: fl
     summary.finished_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     try:
         summary.dest_ok, summary.dest_failed = totals(storage)
-        storage.put_bytes(f"runs/{summary.run_id}.json", json.dumps(summary.to_dict(), indent=2).encode(),
-                          "application/json")
+        write_run_record(storage, summary)
     except Exception:  # noqa: BLE001 - the run's own error is the one to report
         pass
 

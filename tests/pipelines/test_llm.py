@@ -58,6 +58,7 @@ def test_run_to_s3_routes_both_pools_then_resumes(ray_local, s3, tmp_path):
     assert long["truncated"] and long["prompt_tokens"] == 48 and "truncated" in long["error"]
 
     summary = json.loads(Storage(dest).get_bytes(f"runs/{s.run_id}.json"))
+    assert summary["status"] == "ok"  # the sink's start record ("running") was replaced when it completed
     assert summary["routes"] == s.routes and summary["pools"]["large"]["tokens_per_s"] > 0
     assert summary["pools"]["small"]["completion_tokens"] == sum(r["completion_tokens"] for r in rows if r["route"] == "small")
     assert summary["pools"]["small"]["truncated"] + summary["pools"]["large"]["truncated"] == 1

@@ -120,6 +120,8 @@ def test_driver_killed_then_rerun_generates_nothing_twice(tiny_model, tmp_path, 
     assert p2.returncode == 0, text
     summaries = [json.loads(f.read_text()) for f in (out / "runs").glob("*.json")]
     (second,) = [s for s in summaries if s["skipped"] > 0]
+    # The killed run left its start record (the sink's on_write_start), still "running": it never finished.
+    assert sorted(s["status"] for s in summaries) == ["ok", "running"] and second["status"] == "ok"
     rep = audit(Storage(str(out)), ids)
     record(scenario, "driver SIGKILL + rerun", rep, "1 kill", reruns=1)
     assert rep.clean and rep.ok == N, rep
