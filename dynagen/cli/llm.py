@@ -11,45 +11,26 @@ from typing import Annotated, Optional
 import typer
 
 from dynagen.cli.common import exit_with_error, load, quiet_libraries
+from dynagen.cli.options import LLM_FLAGS, JobArgs, job_options
 
 route_app = typer.Typer(help="Score prompts with a router (how much each needs the large model).", no_args_is_help=True)
 
 
-def _share(value: Optional[float]) -> Optional[float]:
-    # Checked here too so the message names the flag; the settings schema checks it again.
-    if value is not None and not 0.0 <= value <= 1.0:
-        raise typer.BadParameter(f"must be in [0, 1], got {value}")
-    return value
-
-
+@job_options(LLM_FLAGS)
 def run_llm(
-    prompts: Annotated[str, typer.Option("--prompts", "-p", help="Prompt shards: a file, directory, glob or s3:// prefix "
-                                         "(.parquet, .jsonl, .csv; column 'prompt', optional 'id').")],
-    out: Annotated[str, typer.Option("--out", "-o", help="Destination: a local folder or s3://bucket/prefix.")],
-    large_share: Annotated[Optional[float], typer.Option(help="Target share of prompts sent to the large model, 0..1.",
-                                                         callback=_share)] = None,
-    small_model: Annotated[Optional[str], typer.Option(help="Small causal LM: HF id or local folder (default: embedded tiny model, wiring only).")] = None,
-    large_model: Annotated[Optional[str], typer.Option(help="Large causal LM: HF id or local folder (default: embedded tiny model, wiring only).")] = None,
-    max_new_tokens: Annotated[Optional[int], typer.Option(help="Tokens generated per response.")] = None,
-    router: Annotated[Optional[str], typer.Option(help="Router from the registry: learned (default), probe, random.")] = None,
-    limit: Annotated[Optional[int], typer.Option(help="Read at most N prompts.")] = None,
-    config: Annotated[Optional[str], typer.Option("--config", "-c", help="YAML settings file.")] = None,
+    job: JobArgs,
     address: Annotated[Optional[str], typer.Option(help="Ray cluster address; unset = start an embedded local Ray.")] = None,
-    run_id: Annotated[Optional[str], typer.Option(help="Run id (default: UTC timestamp + random suffix).")] = None,
 ) -> None:
     """Answer every prompt with the small or the large model, as the router decides; write Parquet responses and a
     run summary (counts per route, realised large share, tokens/s per pool).
 
     Rerunning the same command resumes: prompts already answered are skipped.
     """
-    settings, _ = load(config, {
-        "llm.large_share": large_share, "llm.small_model": small_model, "llm.large_model": large_model,
-        "llm.max_new_tokens": max_new_tokens, "llm.router": router, "llm.limit": limit, "ray.address": address,
-    })
+    settings, _ = load(job.config, {**job.overrides, "ray.address": address})
     quiet_libraries()
     from jobs.run_llm import run_and_report
 
-    code = run_and_report(settings, prompts, out, run_id=run_id)
+    code = run_and_report(settings, job.prompts, job.out, run_id=job.run_id)
     if code:
         raise typer.Exit(code)
 

@@ -16,10 +16,7 @@ import typer
 
 from dynagen.cli.common import exit_with_error, load
 from dynagen.settings import EMBEDDED_MODELS, checkout_root
-from dynagen.cli.run import (
-    BatchSizeOpt, ConfigOpt, EarlyStopOpt, LimitOpt, ModelOpt, OutOpt, PromptsOpt, RunIdOpt, SchedulerOpt,
-    SkipBadShardsOpt, StepsOpt, image_overrides,
-)
+from dynagen.cli.options import IMAGE_FLAGS, LLM_FLAGS, JobArgs, job_options
 
 if TYPE_CHECKING:
     from ray.job_submission import JobSubmissionClient
@@ -273,19 +270,10 @@ def submit_job(*, address: str, token_file: Path | None, module: str, args: list
 
 
 @app.command("images")
+@job_options(IMAGE_FLAGS)
 def images(
-    prompts: PromptsOpt,
-    out: OutOpt,
+    job: JobArgs,
     address: AddressOpt,
-    steps: StepsOpt = None,
-    model: ModelOpt = None,
-    scheduler: SchedulerOpt = None,
-    limit: LimitOpt = None,
-    batch_size: BatchSizeOpt = None,
-    skip_bad_shards: SkipBadShardsOpt = False,
-    early_stop: EarlyStopOpt = None,
-    config: ConfigOpt = None,
-    run_id: RunIdOpt = None,
     wait: WaitOpt = False,
     token_file: TokenFileOpt = None,
     env: EnvOpt = None,
@@ -296,27 +284,15 @@ def images(
 
     Paths (--prompts, --out, --model) are read on the cluster: use s3:// URIs or paths that exist there.
     """
-    settings, _ = load(config, image_overrides(steps, model, scheduler, limit, batch_size, skip_bad_shards, early_stop))
-    payload, secret_env = job_payload(settings)
-    args = ["--settings-json", payload, "--prompts", prompts, "--out", out] + (["--run-id", run_id] if run_id else [])
-    submit_job(address=address, token_file=token_file, module="jobs.run_images", args=args, secret_env=secret_env,
-               env_names=env, python=python, wait=wait, submission_id=submission_id, kind="images")
+    _submit(job, "images", "jobs.run_images", address=address, wait=wait, token_file=token_file, env=env,
+            python=python, submission_id=submission_id)
 
 
 @app.command("llm")
+@job_options(LLM_FLAGS)
 def llm(
-    prompts: PromptsOpt,
-    out: OutOpt,
+    job: JobArgs,
     address: AddressOpt,
-    # Same flags as ``dynagen run llm`` (dynagen/cli/llm.py).
-    large_share: Annotated[Optional[float], typer.Option(help="Target share of prompts sent to the large model, 0..1.")] = None,
-    small_model: Annotated[Optional[str], typer.Option(help="Small causal LM: HF id or folder (on the cluster).")] = None,
-    large_model: Annotated[Optional[str], typer.Option(help="Large causal LM: HF id or folder (on the cluster).")] = None,
-    max_new_tokens: Annotated[Optional[int], typer.Option(help="Tokens generated per response.")] = None,
-    router: Annotated[Optional[str], typer.Option(help="Router from the registry: learned (default), probe, random.")] = None,
-    limit: LimitOpt = None,
-    config: ConfigOpt = None,
-    run_id: RunIdOpt = None,
     wait: WaitOpt = False,
     token_file: TokenFileOpt = None,
     env: EnvOpt = None,
@@ -324,16 +300,16 @@ def llm(
     submission_id: SubmissionIdOpt = None,
 ) -> None:
     """Submit the LLM job (router + small/large models; same options as ``dynagen run llm``); prints the submission id."""
-    if not (project_root() / "jobs" / "run_llm.py").is_file():
-        exit_with_error("the LLM job (jobs/run_llm.py) is not part of this checkout yet")
-    settings, _ = load(config, {
-        "llm.large_share": large_share, "llm.small_model": small_model, "llm.large_model": large_model,
-        "llm.max_new_tokens": max_new_tokens, "llm.router": router, "llm.limit": limit,
-    })
+    _submit(job, "llm", "jobs.run_llm", address=address, wait=wait, token_file=token_file, env=env, python=python,
+            submission_id=submission_id)
+
+
+def _submit(job: JobArgs, kind: str, module: str, **kw: Any) -> None:
+    settings, _ = load(job.config, job.overrides)
     payload, secret_env = job_payload(settings)
-    args = ["--settings-json", payload, "--prompts", prompts, "--out", out] + (["--run-id", run_id] if run_id else [])
-    submit_job(address=address, token_file=token_file, module="jobs.run_llm", args=args, secret_env=secret_env,
-               env_names=env, python=python, wait=wait, submission_id=submission_id, kind="llm")
+    args = ["--settings-json", payload, "--prompts", job.prompts, "--out", job.out]
+    args += ["--run-id", job.run_id] if job.run_id else []
+    submit_job(module=module, args=args, secret_env=secret_env, env_names=kw.pop("env"), kind=kind, **kw)
 
 
 @app.command("nightly")

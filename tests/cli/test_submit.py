@@ -224,6 +224,27 @@ def test_submit_takes_every_option_of_the_local_run():
     for job in ("images", "llm"):
         missing = options("run", job) - options("submit", job) - {"--address"}
         assert not missing, f"submit {job} lacks {sorted(missing)}"
+        # One definition (dynagen/cli/options.py): besides submit's own Jobs API options they are the same set.
+        assert options("submit", job) - options("run", job) == {
+            "--wait", "--token-file", "--env", "--python", "--submission-id"}
+
+
+def test_job_flags_are_settings_with_the_schema_help():
+    """Each job flag sets one setting and carries that setting's description as its help: flag and setting
+    cannot disagree about what the option means."""
+    import typer.main
+
+    from dynagen.cli import app
+    from dynagen.cli.options import IMAGE_FLAGS, LLM_FLAGS
+    from dynagen.settings import describe
+
+    known = {k for k, _, _ in describe(*load_settings(env={}))}
+    for group, flags in (("images", IMAGE_FLAGS), ("llm", LLM_FLAGS)):
+        for cmd in ("run", "submit"):
+            params = {p.name: p for p in typer.main.get_command(app).commands[cmd].commands[group].params}
+            for f in flags:
+                assert f.key in known and f.key.startswith(group + ".")
+                assert params[f.name].help.endswith(f"(setting: {f.key})")
 
 
 def test_submit_llm_unreachable_is_one_line(tmp_path, dead_address):
