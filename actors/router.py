@@ -35,7 +35,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from dynagen.records import prompt_problem
+from dynagen.core.records import prompt_problem
 
 from actors import encoder as minilm
 
@@ -413,7 +413,7 @@ def _learned(path: str | Path | None = None, **kw: Any) -> LearnedRouter:
 
 def default_path() -> Path:
     """The embedded learned router (``router`` in the default models dir; the job passes settings.llm.router_path)."""
-    from dynagen.settings import default_models_dir
+    from dynagen.core.settings import default_models_dir
 
     return default_models_dir()[0] / "router"
 

@@ -9,11 +9,11 @@ import math
 import uuid
 from datetime import datetime, timezone
 
-from dynagen.errors import root_cause
-from dynagen.records import RunSummary
-from dynagen.settings import Settings
-from dynagen.sources import ShardError, check_shard, list_shards, read_prompts
-from dynagen.storage import Storage
+from dynagen.core.errors import root_cause
+from dynagen.core.records import RunSummary
+from dynagen.core.settings import Settings
+from dynagen.core.sources import ShardError, check_shard, list_shards, read_prompts
+from dynagen.core.storage import Storage
 
 LIGHT_CPU = 0.25  # read/normalize/write tasks and the StepSaver actor: small, so they never starve the diffusion actors
 
@@ -80,7 +80,7 @@ def run(settings: Settings, src: str, dest: str, run_id: str | None = None) -> R
 
     from actors import ledger as ledger_mod
     from actors.diffusion import DiffusionActor, check_model_dir
-    from dynagen.raycluster import ensure_ray
+    from dynagen.core.raycluster import ensure_ray
     from pipelines.report import write_report
     from pipelines.sinks import ImageSink, done_ids
 

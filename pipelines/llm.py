@@ -19,10 +19,10 @@ from typing import Any, Iterable
 
 from ray.data import Datasink
 
-from dynagen.records import ERROR, FINAL_STATUSES, outcome_totals, outcomes
-from dynagen.settings import Settings
-from dynagen.storage import Storage
-from dynagen.errors import root_cause
+from dynagen.core.records import ERROR, FINAL_STATUSES, outcome_totals, outcomes
+from dynagen.core.settings import Settings
+from dynagen.core.storage import Storage
+from dynagen.core.errors import root_cause
 from pipelines.images import LIGHT_CPU, RunError, check_inputs, claim_rows, new_run_id
 from pipelines.sinks import start_run_record, write_failed_summary, write_run_record
 
@@ -293,8 +293,8 @@ def run(settings: Settings, src: str, dest: str, run_id: str | None = None) -> L
     from actors import ledger as ledger_mod
     from actors.llm import LLMActor, check_model_dir
     from actors.router import RouterActor, RouterError, check_share, get_router
-    from dynagen.raycluster import ensure_ray
-    from dynagen.sources import read_prompts
+    from dynagen.core.raycluster import ensure_ray
+    from dynagen.core.sources import read_prompts
 
     s = settings.llm
     run_id = run_id or new_run_id()

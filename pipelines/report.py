@@ -5,8 +5,8 @@ from __future__ import annotations
 import base64
 import html
 
-from dynagen.records import RunSummary
-from dynagen.storage import Storage
+from dynagen.core.records import RunSummary
+from dynagen.core.storage import Storage
 
 
 def _bars(hist: dict[str, int], label: str) -> str:

@@ -25,11 +25,11 @@ from typing import Any, Iterable
 
 from ray.data import Datasink
 
-from dynagen.errors import root_cause
-from dynagen.records import (
+from dynagen.core.errors import root_cause
+from dynagen.core.records import (
     ERROR, FAILED, METADATA_COLUMNS, OK, RUNNING, RunSummary, metadata_schema, outcome_totals, outcomes,
 )
-from dynagen.storage import Storage
+from dynagen.core.storage import Storage
 
 THUMBS_PER_STEP = 6  # contact-sheet samples each write task keeps per step count
 THUMB_PX = 96

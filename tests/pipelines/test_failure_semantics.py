@@ -3,9 +3,9 @@ totals (what a night is judged on) count every run, each id by its latest outcom
 
 import pytest
 
-from dynagen.errors import runtime_error
-from dynagen.records import ERROR, FAILED, OK, RunSummary, outcomes
-from dynagen.storage import Storage
+from dynagen.core.errors import runtime_error
+from dynagen.core.records import ERROR, FAILED, OK, RunSummary, outcomes
+from dynagen.core.storage import Storage
 from pipelines.audit import audit
 from pipelines.sinks import ImageSink, destination_totals, done_ids
 

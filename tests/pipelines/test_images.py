@@ -7,8 +7,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from dynagen.settings import load_settings
-from dynagen.storage import Storage
+from dynagen.core.settings import load_settings
+from dynagen.core.storage import Storage
 from pipelines.images import RunError, run
 from pipelines.sinks import read_metadata
 
@@ -104,7 +104,7 @@ def test_a_run_that_stops_mid_way_still_writes_its_summary(ray_local, tiny_model
 def test_sink_start_record_and_report_after_the_sink(tmp_path):
     """on_write_start (driver, before any write task) claims the run in the destination; the report is the
     pipeline's job after the sink completed: the sink itself never writes HTML."""
-    from dynagen.records import RunSummary
+    from dynagen.core.records import RunSummary
     from pipelines.report import write_report
     from pipelines.sinks import ImageSink
 

@@ -8,8 +8,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from dynagen.settings import SettingsError, load_settings
-from dynagen.storage import Storage
+from dynagen.core.settings import SettingsError, load_settings
+from dynagen.core.storage import Storage
 from pipelines.images import RunError
 from pipelines.llm import RESPONSE_COLUMNS, read_responses, run
 

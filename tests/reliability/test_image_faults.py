@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 from faultkit import descendant_pid, make_shards, wait_for
 
-from dynagen.devservers import FaultProxy, SeaweedS3
-from dynagen.settings import load_settings
-from dynagen.storage import Storage
+from dynagen.app.devservers import FaultProxy, SeaweedS3
+from dynagen.core.settings import load_settings
+from dynagen.core.storage import Storage
 from pipelines.audit import audit
 from pipelines.images import RunError, run
 
