@@ -17,7 +17,8 @@ def run_and_report(settings: Settings, src: str, dest: str, run_id: str | None =
     from dynagen.core.sources import ShardError
     from dynagen.core.storage import StorageError
     from jobs.common import print_failures
-    from pipelines.images import RunError, run
+    from pipelines.common import RunError
+    from pipelines.images import run
 
     console = Console(stderr=True, soft_wrap=True)  # one line per message, even in narrow terminals
     try:

@@ -17,7 +17,7 @@ def run_and_report(settings: Settings, src: str, dest: str, run_id: str | None =
     from dynagen.core.sources import ShardError
     from dynagen.core.storage import StorageError
     from jobs.common import print_failures
-    from pipelines.images import RunError
+    from pipelines.common import RunError
     from pipelines.llm import run
 
     console = Console(stderr=True)

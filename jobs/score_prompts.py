@@ -44,7 +44,7 @@ def score_file(settings: Settings, src: str, out: str) -> int:
     from actors.router import get_router
     from dynagen.core.sources import normalize_batch
     from dynagen.core.storage import Storage, is_s3, split_s3
-    from pipelines.images import check_inputs
+    from pipelines.common import check_inputs
 
     s = settings.llm
     shards, _, fs = check_inputs(settings, src)

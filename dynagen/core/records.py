@@ -1,4 +1,5 @@
-"""Typed records that cross boundaries: one prompt row, one generated image's metadata, one run summary."""
+"""Typed records that cross boundaries: one prompt row, one generated image's metadata or LLM response, one run
+summary per job."""
 
 from __future__ import annotations
 
@@ -127,6 +128,74 @@ class RunSummary:
     settings: dict[str, Any] = field(default_factory=dict)
     # The destination after this run, every run counted (per id, its latest outcome): what a night is judged on.
     dest_ok: int = 0
+    dest_failed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# The LLM job's records ----------------------------------------------------------------------------------------
+
+ROUTES = ("small", "large")  # where the router sends a prompt
+RESPONSE_COLUMNS = (
+    "id", "prompt", "route", "router_score", "model", "response", "prompt_tokens", "completion_tokens", "latency_ms",
+    "truncated", "status", "error", "source", "run_id", "created_at",
+)
+def response_schema():
+    import pyarrow as pa
+
+    s, i = pa.string(), pa.int64()
+    types = dict(
+        id=s, prompt=s, route=s, router_score=pa.float64(), model=s, response=s, prompt_tokens=i,
+        completion_tokens=i, latency_ms=pa.float64(), truncated=pa.bool_(), status=s, error=s, source=s, run_id=s,
+        created_at=pa.timestamp("us", tz="UTC"),
+    )
+    return pa.schema([(c, types[c]) for c in RESPONSE_COLUMNS])
+
+
+@dataclass
+class PoolStats:
+    """One model pool's share of the run."""
+
+    model: str = ""
+    rows: int = 0
+    ok: int = 0
+    failed: int = 0
+    truncated: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    busy_s: float = 0.0  # Σ generation time over the pool's batches (all actors)
+    tokens_per_s: float = 0.0  # completion tokens / busy_s: per-actor generation throughput
+
+
+@dataclass
+class LLMRunSummary:
+    """What ``DEST/runs/<run_id>.json`` holds."""
+
+    run_id: str
+    source: str
+    dest: str
+    started_at: str
+    router: str = ""
+    target_large_share: float = 0.0
+    share_mode: str = "calibrated"
+    threshold: float | None = None
+    status: str = "ok"  # running (while the sink writes) | ok | failed (the run stopped: `error` says why)
+    error: str = ""
+    finished_at: str = ""
+    wall_s: float = 0.0
+    ok: int = 0
+    failed: int = 0  # rows of this run not answered (input failures and runtime errors)
+    retryable: int = 0  # of those, runtime errors: the next run retries them
+    skipped: int = 0  # done by an earlier run (resume)
+    duplicates: int = 0  # repeated ids in the input, answered once
+    routes: dict[str, int] = field(default_factory=dict)  # small / large / none (failed before routing)
+    realised_large_share: float | None = None  # large / (small + large) over rows routed in this run
+    pools: dict[str, dict[str, Any]] = field(default_factory=dict)
+    failure_reasons: dict[str, int] = field(default_factory=dict)
+    bad_shards: list[dict[str, str]] = field(default_factory=list)
+    settings: dict[str, Any] = field(default_factory=dict)
+    dest_ok: int = 0  # the destination after this run, every run counted (each id by its latest outcome)
     dest_failed: int = 0
 
     def to_dict(self) -> dict[str, Any]:

@@ -9,7 +9,8 @@ import pytest
 
 from dynagen.core.settings import load_settings
 from dynagen.core.storage import Storage
-from pipelines.images import RunError, run
+from pipelines.common import RunError
+from pipelines.images import run
 from pipelines.sinks import read_metadata
 
 PROMPTS = [f"{n} {c} {s}" for n in ("one", "two") for c in ("red", "blue", "green") for s in ("circles", "squares")]

@@ -10,8 +10,10 @@ import pytest
 
 from dynagen.core.settings import SettingsError, load_settings
 from dynagen.core.storage import Storage
-from pipelines.images import RunError
-from pipelines.llm import RESPONSE_COLUMNS, read_responses, run
+from pipelines.common import RunError
+from dynagen.core.records import RESPONSE_COLUMNS
+from pipelines.llm import run
+from pipelines.sinks import read_responses
 
 REPO = Path(__file__).resolve().parents[2]
 QUESTIONS = [f"Question {i}: what is {i} plus {i + 1}? Answer:" for i in range(36)]

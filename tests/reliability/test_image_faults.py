@@ -21,7 +21,8 @@ from dynagen.app.devservers import FaultProxy, SeaweedS3
 from dynagen.core.settings import load_settings
 from dynagen.core.storage import Storage
 from pipelines.audit import audit
-from pipelines.images import RunError, run
+from pipelines.common import RunError
+from pipelines.images import run
 
 pytestmark = pytest.mark.slow
 N = 200
