@@ -1,6 +1,6 @@
 """The project as a user without the checkout gets it: a wheel, installed elsewhere, run from elsewhere.
 
-The second test (~25 s) builds the wheel from a copy of the sources, installs it with ``--no-deps`` into a temp folder and runs
+The slow test builds the wheel from a copy of the sources, installs it with ``--no-deps`` into a temp folder and runs
 ``dynagen run images`` from a folder outside the repository with ``PYTHONPATH`` pointing at that install, so the
 editable checkout is not what gets imported (checked: every package's ``__file__`` lies in the install) and the
 embedded model comes from the wheel (checked: the run's settings name the install's ``dynagen/_models``).
@@ -52,6 +52,7 @@ def _run(args, **kw) -> subprocess.CompletedProcess:
     return p
 
 
+@pytest.mark.slow  # ~25-30 s on 2 cores (wheel build + install + a Ray run); `make test` runs it too
 def test_installed_wheel_runs_images_outside_the_checkout(tmp_path):
     # 1. Build the wheel and install it, without dependencies (they are this venv's), into a folder of its own.
     src = _copy_sources(tmp_path / "src")
