@@ -17,8 +17,8 @@ from typing import Any, Hashable, Sequence
 
 import numpy as np
 
-from dynagen.errors import one_line, runtime_error
-from dynagen.records import ERROR
+from dynagen.core.errors import one_line, runtime_error
+from dynagen.core.records import ERROR
 
 SCHEDULERS = {
     "ddim": "DDIMScheduler",

@@ -17,8 +17,8 @@ from typing import Any, Literal, Sequence
 
 import numpy as np
 
-from dynagen.errors import runtime_error
-from dynagen.records import ERROR
+from dynagen.core.errors import runtime_error
+from dynagen.core.records import ERROR
 
 OverContext = Literal["truncate", "fail"]
 # "org/name" or "name": what the hub accepts as a model id (a local folder is tried first).

@@ -35,7 +35,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from dynagen.records import prompt_problem
+from dynagen.core.records import prompt_problem
 
 from actors import encoder as minilm
 
@@ -404,14 +404,20 @@ class LearnedRouter(Router):
 
 def _probe(path: str | Path | None = None, **kw: Any) -> LearnedRouter:
     """The MiniLM + logistic-regression baseline, stored in the same folder as the learned router."""
-    return LearnedRouter.load(path or DEFAULT_PATH, blend={"probe": 1.0}, name="probe", **kw)
+    return LearnedRouter.load(path or default_path(), blend={"probe": 1.0}, name="probe", **kw)
 
 
 def _learned(path: str | Path | None = None, **kw: Any) -> LearnedRouter:
-    return LearnedRouter.load(path or DEFAULT_PATH, **kw)
+    return LearnedRouter.load(path or default_path(), **kw)
 
 
-DEFAULT_PATH = Path(__file__).resolve().parents[1] / "models" / "router"
+def default_path() -> Path:
+    """The embedded learned router (``router`` in the default models dir; the job passes settings.llm.router_path)."""
+    from dynagen.core.settings import default_models_dir
+
+    return default_models_dir()[0] / "router"
+
+
 ROUTERS: dict[str, Callable[..., Router]] = {"random": RandomRouter, "learned": _learned, "probe": _probe}
 
 

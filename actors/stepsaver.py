@@ -31,7 +31,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from dynagen.records import prompt_problem
+from dynagen.core.records import prompt_problem
 
 from actors.encoder import EncoderConfig, EncoderError, PromptEncoder
 

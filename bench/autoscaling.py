@@ -185,7 +185,7 @@ def main() -> int:
     try:
         import ray
 
-        from dynagen.settings import load_settings
+        from dynagen.core.settings import load_settings
         from pipelines.images import run
 
         ray.init(address=head.gcs_address, log_to_driver=False)

@@ -86,7 +86,7 @@ def write_shards(prompts: list[str], d: Path, steps: list[int] | None = None) ->
 
 
 def settings_for(model: str, steps, stepsaver: str | None = None):
-    from dynagen.settings import load_settings
+    from dynagen.core.settings import load_settings
 
     over = {"images.model": model, "images.steps": steps, "images.batch_size": BATCH_SIZE,
             "images.cpus_per_actor": 1.5, "images.group_window": 256}
@@ -155,7 +155,7 @@ def main() -> None:
     import torch
 
     from actors.stepsaver import StepPredictor
-    from dynagen.storage import Storage
+    from dynagen.core.storage import Storage
     from dynagen.synth import example_prompts
     from pipelines.images import run
     from pipelines.sinks import read_metadata

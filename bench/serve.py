@@ -1,4 +1,4 @@
-"""Online-app benchmark: closed-loop HTTP load from 127.0.0.1 against a local Ray Serve app (``dynagen.serve``).
+"""Online-app benchmark: closed-loop HTTP load from 127.0.0.1 against a local Ray Serve app (``dynagen.app.serve.deployments``).
 
   (1) ``/v1/steps``: STEPS_CLIENTS concurrent clients, one prompt per request, each client sending its next request
       as soon as the last one returns; p50/p90/p99 latency and requests/s. Targets: p50 ≤ 20 ms, p99 ≤ 100 ms.
@@ -115,9 +115,9 @@ def main() -> None:
     import ray
     from ray import serve
 
-    from dynagen.serve import start
-    from dynagen.serve_api import H_BATCH_SIZE, H_STEPS, Percentiles
-    from dynagen.settings import load_settings
+    from dynagen.app.serve.deployments import start
+    from dynagen.app.serve.api import H_BATCH_SIZE, H_STEPS, Percentiles
+    from dynagen.core.settings import load_settings
     from dynagen.synth import example_prompts
 
     smoke = a.smoke_test

@@ -66,8 +66,8 @@ def run(
     num_cpus: int | None = None,
 ) -> dict[str, Any]:
     """Calibrate and write ``out``; returns the summary dict (also written beside ``out`` as ``*.summary.json``)."""
-    from dynagen.raycluster import ensure_ray
-    from dynagen.settings import RaySettings
+    from dynagen.core.raycluster import ensure_ray
+    from dynagen.core.settings import RaySettings
     from pipelines.calibrate import DEFAULT_GRID
     from pipelines.calibrate import run as calibrate
 
@@ -90,7 +90,7 @@ def _ints(text: str) -> list[int]:
 def main(argv: list[str] | None = None) -> int:
     import os
 
-    from dynagen.settings import SCHEDULER_NAMES
+    from dynagen.core.settings import SCHEDULER_NAMES
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

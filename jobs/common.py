@@ -6,13 +6,13 @@ import argparse
 import sys
 from typing import Any, Callable
 
-from dynagen.settings import Settings
+from dynagen.core.settings import Settings
 
 
 def entry_main(run_and_report: Callable[[Settings, str, str, str | None], int], description: str | None,
                argv: list[str] | None) -> int:
     """``--settings-json '{...}' --prompts SRC --out DEST [--run-id ID]`` → ``run_and_report``; exit code 2 on bad settings."""
-    from dynagen.settings import SettingsError, settings_from_json
+    from dynagen.core.settings import SettingsError, settings_from_json
 
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--settings-json", default="{}")

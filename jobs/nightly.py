@@ -13,13 +13,13 @@ import argparse
 import sys
 from datetime import date as Date
 
-from dynagen.nightly import NightlySpec
-from dynagen.settings import Settings
+from pipelines.nightly import NightlySpec
+from dynagen.core.settings import Settings
 
 
 def run_and_report(spec: NightlySpec, night: Date, settings: Settings) -> int:
     """Run the night, print one line per job and the verdict; returns the exit code."""
-    from dynagen.nightly import NightlyError, run_night
+    from pipelines.nightly import NightlyError, run_night
 
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
@@ -37,8 +37,8 @@ def run_and_report(spec: NightlySpec, night: Date, settings: Settings) -> int:
 def main(argv: list[str] | None = None) -> int:
     import json
 
-    from dynagen.nightly import NightlyError, load_nightly, parse_date, parse_spec
-    from dynagen.settings import SettingsError, settings_from_json
+    from pipelines.nightly import NightlyError, load_nightly, parse_date, parse_spec
+    from dynagen.core.settings import SettingsError, settings_from_json
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     src = p.add_mutually_exclusive_group(required=True)

@@ -7,17 +7,17 @@ from __future__ import annotations
 
 import sys
 
-from dynagen.settings import Settings
+from dynagen.core.settings import Settings
 
 
 def run_and_report(settings: Settings, src: str, dest: str, run_id: str | None = None) -> int:
     """Run the pipeline, print a summary; returns the exit code (0 ok, 2 could not start)."""
     from rich.console import Console
 
-    from dynagen.sources import ShardError
-    from dynagen.storage import StorageError
+    from dynagen.core.sources import ShardError
+    from dynagen.core.storage import StorageError
     from jobs.common import print_failures
-    from pipelines.images import RunError
+    from pipelines.common import RunError
     from pipelines.llm import run
 
     console = Console(stderr=True)

@@ -14,7 +14,7 @@ import io
 import json
 import sys
 
-from dynagen.settings import Settings
+from dynagen.core.settings import Settings
 
 SCORE_BATCH = 512  # prompts per router call: bounds memory on big shards, big enough to batch the encoder
 
@@ -24,7 +24,7 @@ def _read_shard(shard, fs) -> dict[str, list]:
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
 
-    from dynagen.sources import csv_options
+    from dynagen.core.sources import csv_options
 
     if shard.format == "parquet":
         with fs.open_input_file(shard.path) as f:
@@ -42,9 +42,9 @@ def score_file(settings: Settings, src: str, out: str) -> int:
     import pyarrow.parquet as pq
 
     from actors.router import get_router
-    from dynagen.sources import normalize_batch
-    from dynagen.storage import Storage, is_s3, split_s3
-    from pipelines.images import check_inputs
+    from dynagen.core.sources import normalize_batch
+    from dynagen.core.storage import Storage, is_s3, split_s3
+    from pipelines.common import check_inputs
 
     s = settings.llm
     shards, _, fs = check_inputs(settings, src)
@@ -82,7 +82,7 @@ def score_file(settings: Settings, src: str, out: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from dynagen.settings import SettingsError, load_settings
+    from dynagen.core.settings import SettingsError, load_settings
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--prompts", required=True)

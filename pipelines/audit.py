@@ -9,7 +9,7 @@ import io
 from collections import Counter
 from dataclasses import dataclass, field
 
-from dynagen.storage import Storage
+from dynagen.core.storage import Storage
 
 
 @dataclass
@@ -32,7 +32,7 @@ class AuditReport:
 def audit(storage: Storage, expected_ids: set[str] | None = None, open_images: bool = True) -> AuditReport:
     from PIL import Image
 
-    from dynagen.records import ERROR, FINAL_STATUSES, OK, outcomes
+    from dynagen.core.records import ERROR, FINAL_STATUSES, OK, outcomes
     from pipelines.sinks import read_metadata
 
     meta = read_metadata(storage, ["id", "status", "error"]).to_pylist()

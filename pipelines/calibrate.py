@@ -25,7 +25,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from dynagen.errors import runtime_error
+from dynagen.core.errors import runtime_error
 
 DEFAULT_GRID = (4, 6, 8, 10, 12, 15, 20, 25, 30, 40, 50, 75, 100)
 DEFAULT_REFERENCE_STEPS = 200

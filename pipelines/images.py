@@ -6,38 +6,12 @@
 from __future__ import annotations
 
 import math
-import uuid
-from datetime import datetime, timezone
 
-from dynagen.errors import root_cause
-from dynagen.records import RunSummary
-from dynagen.settings import Settings
-from dynagen.sources import ShardError, check_shard, list_shards, read_prompts
-from dynagen.storage import Storage
-
-LIGHT_CPU = 0.25  # read/normalize/write tasks and the StepSaver actor: small, so they never starve the diffusion actors
-
-
-class RunError(RuntimeError):
-    """The run could not start or finish; one line for the user."""
-
-
-def new_run_id() -> str:
-    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
-
-
-def claim_rows(batch, ledger):
-    """Drop rows an earlier run finished and repeated ids; keep everything else (failed rows included)."""
-    import numpy as np
-    import ray
-
-    from actors.ledger import NEW
-
-    ids = batch["id"].tolist()
-    sources = "\x1f".join(sorted(set(batch["source"].tolist())))
-    answers = ray.get(ledger.claim.remote(ids, sources))
-    keep = np.asarray([a == NEW for a in answers], dtype=bool)
-    return {k: v[keep] for k, v in batch.items()}
+from dynagen.core.records import RunSummary
+from dynagen.core.settings import Settings
+from dynagen.core.sources import read_prompts
+from dynagen.core.storage import Storage
+from pipelines.common import LIGHT_CPU, RunError, check_inputs, claim_rows, new_run_id, now_iso, settings_record, write
 
 
 def _fixed_steps(batch, steps: int):
@@ -49,38 +23,14 @@ def _fixed_steps(batch, steps: int):
     return batch
 
 
-def check_inputs(settings: Settings, src: str):
-    """(good shards, skipped shards with reasons, pyarrow fs); raises RunError unless --skip-bad-shards."""
-    try:
-        shards = list_shards(src, Storage(src, settings.storage) if src.startswith("s3://") else None)
-    except ShardError as e:
-        raise RunError(str(e)) from None
-    fs = Storage(src, settings.storage).filesystem() if src.startswith("s3://") else None
-    if fs is None:
-        import pyarrow.fs as pafs
-
-        fs = pafs.LocalFileSystem()
-    good, bad = [], []
-    for shard in shards:
-        try:
-            check_shard(shard, fs)
-            good.append(shard)
-        except ShardError as e:
-            if not settings.images.skip_bad_shards:
-                raise RunError(f"bad shard (nothing generated; --skip-bad-shards to skip it): {e}") from None
-            bad.append({"shard": shard.uri, "error": str(e)})
-    if not good:
-        raise RunError(f"no usable prompt shards at {src}")
-    return good, bad, fs
-
-
 def run(settings: Settings, src: str, dest: str, run_id: str | None = None) -> RunSummary:
     """Generate images for every prompt in ``src`` into ``dest``; returns the run summary (also written to dest)."""
     import ray
 
     from actors import ledger as ledger_mod
     from actors.diffusion import DiffusionActor, check_model_dir
-    from dynagen.raycluster import ensure_ray
+    from dynagen.core.raycluster import ensure_ray
+    from pipelines.report import write_report
     from pipelines.sinks import ImageSink, done_ids
 
     s = settings.images
@@ -104,11 +54,8 @@ def run(settings: Settings, src: str, dest: str, run_id: str | None = None) -> R
     shards, bad_shards, fs = check_inputs(settings, src)
 
     ensure_ray(settings.ray)
-    summary = RunSummary(
-        run_id=run_id, source=src, dest=out.root, bad_shards=bad_shards,
-        started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        settings=settings.model_dump(mode="json", exclude={"storage": {"access_key_id", "secret_access_key"}}),
-    )
+    summary = RunSummary(run_id=run_id, source=src, dest=out.root, bad_shards=bad_shards, started_at=now_iso(),
+                         settings=settings_record(settings))
 
     # 2. Resume: ids already finished in dest are skipped; repeated ids are generated once.
     ledger = ledger_mod.make_actor(done_ids(out))
@@ -144,13 +91,10 @@ def run(settings: Settings, src: str, dest: str, run_id: str | None = None) -> R
         num_gpus=s.gpus_per_actor or None,
     )
 
-    # 6. Write images, metadata, the run summary and the HTML report.
+    # 6. Write: the sink records the run's start, then images and metadata, then the run summary.
     sink = ImageSink(out, summary, batch_size=s.batch_size, ledger=ledger)
-    try:
-        ds.write_datasink(sink, ray_remote_args={"num_cpus": LIGHT_CPU})
-    except Exception as e:  # a worker's traceback is long; the user needs the cause and what to do
-        sink.fail(e)
-        raise RunError(f"run {run_id} failed: {root_cause(e)}; finished work is kept, rerun the same command to resume") from e
-    finally:
-        ray.kill(ledger)
+    write(ds, sink, run_id, ledger)
+
+    # 7. Report: the human view, rendered from what the sink committed (a report never exists without its summary).
+    write_report(out, sink.summary, sink.thumbs)
     return sink.summary

@@ -5,7 +5,8 @@ from __future__ import annotations
 import base64
 import html
 
-from dynagen.records import RunSummary
+from dynagen.core.records import RunSummary
+from dynagen.core.storage import Storage
 
 
 def _bars(hist: dict[str, int], label: str) -> str:
@@ -44,3 +45,10 @@ td{{padding:0 6px}}</style></head><body>
 {"<h2>Failures</h2><ul>" + reasons + "</ul>" if reasons else ""}
 <h2>Contact sheet by step count</h2>{"".join(sheet) or "<p>No images.</p>"}
 </body></html>"""
+
+
+def write_report(storage: Storage, s: RunSummary, thumbs: dict[str, list[tuple[str, str, bytes]]]) -> str:
+    """Render the report of a finished run and write it beside its summary, ``runs/<run_id>.html``; returns the key."""
+    key = f"runs/{s.run_id}.html"
+    storage.put_bytes(key, render_report(s, thumbs).encode(), "text/html")
+    return key

@@ -1,9 +1,15 @@
-"""Ray Data sinks: all of the image job's writes happen here (actors only return data).
+"""Ray Data sinks: all of the batch jobs' writes happen here (actors only return data): :class:`ImageSink` for the
+image job, :class:`ResponseSink` for the LLM job, each using the whole Datasink lifecycle (image job's files named):
 
-Per block: PNGs first (``images/<id>.png``), then one metadata Parquet whose name is derived from the block's
-ids, so a retried write task overwrites its own file instead of adding duplicate rows. A metadata row
-therefore never exists without its image. ``on_write_complete`` (on the driver) writes the run summary JSON
-and the HTML report from the small stats each write task returns.
+* ``on_write_start`` (driver, before the first write task): the run's start record, ``runs/<run_id>.json`` with
+  status ``running``. The destination names every run that wrote to it, including one whose driver died (its record
+  stays ``running``; the rerun redoes its unfinished rows).
+* ``write`` (write tasks), per block: PNGs first (``images/<id>.png``), then one metadata Parquet whose name is
+  derived from the block's ids, so a retried write task overwrites its own file instead of adding duplicate rows.
+  A metadata row therefore never exists without its image. Each task returns small stats.
+* ``on_write_complete`` (driver): the run summary, ``runs/<run_id>.json`` with status ``ok``, from those stats.
+  The HTML report is not the sink's job: the pipeline renders it after the sink completes (``pipelines/report.py``).
+* ``on_write_failed`` (driver): the summary with status ``failed`` and the cause.
 """
 
 from __future__ import annotations
@@ -11,18 +17,21 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import time
 from collections import Counter
+from dataclasses import asdict
 from datetime import datetime, timezone
 from typing import Any, Iterable
 
 from ray.data import Datasink
 
-from dynagen.errors import root_cause
-from dynagen.records import (
-    ERROR, FAILED, METADATA_COLUMNS, OK, RunSummary, metadata_schema, outcome_totals, outcomes,
+from dynagen.core.errors import root_cause
+from dynagen.core.records import (
+    ERROR, FAILED, FINAL_STATUSES, METADATA_COLUMNS, OK, RESPONSE_COLUMNS, ROUTES, RUNNING, LLMRunSummary, PoolStats,
+    RunSummary, metadata_schema, outcome_totals, outcomes, response_schema,
 )
-from dynagen.storage import Storage
+from dynagen.core.storage import Storage
 
 THUMBS_PER_STEP = 6  # contact-sheet samples each write task keeps per step count
 THUMB_PX = 96
@@ -87,17 +96,34 @@ def block_stats(rows: dict[str, list]) -> dict[str, Any]:
     return stats
 
 
+def write_run_record(storage: Storage, summary) -> None:
+    """``runs/<run_id>.json``: a run summary (image or LLM job) as it stands."""
+    storage.put_bytes(f"runs/{summary.run_id}.json", json.dumps(summary.to_dict(), indent=2).encode(),
+                      "application/json")
+
+
+def start_run_record(storage: Storage, summary) -> None:
+    """The start record ``on_write_start`` writes: the summary so far, status ``running``."""
+    summary.status = RUNNING
+    write_run_record(storage, summary)
+
+
 class ImageSink(Datasink):
-    """Writes images + metadata to a Storage root; the driver side writes ``runs/<run_id>.{json,html}``."""
+    """Writes images + metadata to a Storage root; the driver side writes ``runs/<run_id>.json`` (start, then the
+    summary). After the write, ``thumbs`` holds the contact-sheet samples the pipeline's report shows."""
 
     def __init__(self, storage: Storage, summary: RunSummary, batch_size: int, ledger=None):
         self.storage = storage
         self.summary = summary
         self.batch_size = batch_size
         self.ledger = ledger
+        self.thumbs: dict[str, list[tuple[str, str, bytes]]] = {}
         self._t0 = time.time()
 
     # -- on the driver ----------------------------------------------------------------------------------
+    def on_write_start(self, schema=None) -> None:
+        start_run_record(self.storage, self.summary)
+
     def on_write_complete(self, write_result) -> None:
         self.finish(write_result.write_returns)
 
@@ -110,9 +136,7 @@ class ImageSink(Datasink):
         write_failed_summary(self.storage, self.summary, error, self._t0, destination_totals)
 
     def finish(self, returns: Iterable[dict[str, Any]]) -> RunSummary:
-        """Aggregate write-task stats, write the summary JSON and the HTML report; return the summary."""
-        from pipelines.report import render_report
-
+        """Aggregate write-task stats and write the summary JSON (status ok); return the summary."""
         s = self.summary
         hist, phist, reasons, batches, thumbs = Counter(), Counter(), Counter(), {}, {}
         for r in returns:
@@ -142,9 +166,9 @@ class ImageSink(Datasink):
         s.predicted_steps_histogram = dict(sorted(phist.items(), key=key))
         s.failure_reasons = dict(reasons.most_common(20))
         s.dest_ok, s.dest_failed = destination_totals(self.storage)  # metadata is written: every run counted
-        self.storage.put_bytes(f"runs/{s.run_id}.json", json.dumps(s.to_dict(), indent=2).encode(), "application/json")
-        html = render_report(s, dict(sorted(thumbs.items(), key=key)))
-        self.storage.put_bytes(f"runs/{s.run_id}.html", html.encode(), "text/html")
+        s.status = "ok"
+        write_run_record(self.storage, s)
+        self.thumbs = dict(sorted(thumbs.items(), key=key))
         return s
 
     # -- in write tasks ---------------------------------------------------------------------------------
@@ -184,8 +208,7 @@ def write_failed_summary(storage: Storage, summary, error: BaseException, t0: fl
     summary.finished_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     try:
         summary.dest_ok, summary.dest_failed = totals(storage)
-        storage.put_bytes(f"runs/{summary.run_id}.json", json.dumps(summary.to_dict(), indent=2).encode(),
-                          "application/json")
+        write_run_record(storage, summary)
     except Exception:  # noqa: BLE001 - the run's own error is the one to report
         pass
 
@@ -231,3 +254,167 @@ def destination_totals(storage: Storage) -> tuple[int, int]:
     """(ok, not ok) over the destination's ids, every run counted, each id by its latest outcome."""
     table = read_metadata(storage, ["id", "status"])
     return outcome_totals(table["id"].to_pylist(), table["status"].to_pylist())
+
+
+# The LLM job: responses/*.parquet ------------------------------------------------------------------------------
+
+
+def response_table(rows: dict[str, list], run_id: str):
+    """Column lists from the model stages → the responses Arrow table."""
+    import pyarrow as pa
+
+    n = len(rows["id"])
+    now = datetime.now(timezone.utc)
+    cols: dict[str, list] = {}
+    for c in RESPONSE_COLUMNS:
+        if c == "run_id":
+            cols[c] = [run_id] * n
+        elif c == "created_at":
+            cols[c] = [now] * n
+        elif c == "router_score":
+            cols[c] = [None if v is None or math.isnan(v) else float(v) for v in rows[c]]
+        elif c in ("error", "route", "model"):
+            cols[c] = [v or None for v in rows.get(c, [None] * n)]
+        else:
+            cols[c] = rows.get(c, [None] * n)
+    return pa.Table.from_pydict(cols, schema=response_schema())
+
+
+def response_block_stats(rows: dict[str, list]) -> dict[str, Any]:
+    """Small per-block statistics the driver aggregates into the run summary."""
+    pools: dict[str, dict[str, Any]] = {}
+    routes: Counter[str] = Counter()
+    reasons: Counter[str] = Counter()
+    ok = failed = retryable = 0
+    for i, status in enumerate(rows["status"]):
+        route = rows["route"][i] or "none"
+        routes[route] += 1
+        if status == "ok":
+            ok += 1
+        else:
+            failed += 1
+            retryable += status == ERROR
+            reasons[(rows["error"][i] or "").split(";")[0][:80]] += 1
+        if route not in ROUTES:
+            continue
+        p = pools.setdefault(route, asdict(PoolStats(model=rows["model"][i] or "")))
+        p["rows"] += 1
+        p["ok" if status == "ok" else "failed"] += 1
+        p["truncated"] += int(bool(rows["truncated"][i]))
+        p["prompt_tokens"] += int(rows["prompt_tokens"][i])
+        p["completion_tokens"] += int(rows["completion_tokens"][i])
+        if rows["batch_size"][i]:
+            # Each row carries its batch's latency; its share of the batch's time adds up to the batch's time once.
+            p["busy_s"] += float(rows["latency_ms"][i]) / 1000 / int(rows["batch_size"][i])
+    return {"ok": ok, "failed": failed, "retryable": retryable, "routes": routes, "failure_reasons": reasons,
+            "pools": pools}
+
+
+def merge_response_stats(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    out = {"ok": a["ok"] + b["ok"], "failed": a["failed"] + b["failed"],
+           "retryable": a.get("retryable", 0) + b.get("retryable", 0), "routes": a["routes"] + b["routes"],
+           "failure_reasons": a["failure_reasons"] + b["failure_reasons"], "pools": {}}
+    for route in set(a["pools"]) | set(b["pools"]):
+        pa_, pb = a["pools"].get(route), b["pools"].get(route)
+        if pa_ is None or pb is None:
+            out["pools"][route] = dict(pa_ or pb)
+            continue
+        out["pools"][route] = {k: (pa_[k] + pb[k] if k != "model" else pa_[k] or pb[k]) for k in pa_}
+    return out
+
+
+class ResponseSink(Datasink):
+    """Writes ``responses/*.parquet`` in write tasks; the driver side writes ``runs/<run_id>.json`` (start record,
+    then the summary), with the same lifecycle as :class:`ImageSink`."""
+
+    def __init__(self, storage: Storage, summary: LLMRunSummary, ledger=None):
+        self.storage = storage
+        self.summary = summary
+        self.ledger = ledger
+        self._t0 = time.time()
+
+    def on_write_start(self, schema=None) -> None:
+        start_run_record(self.storage, self.summary)
+
+    def on_write_complete(self, write_result) -> None:
+        self.finish(write_result.write_returns)
+
+    def on_write_failed(self, error: Exception) -> None:
+        self.fail(error)
+
+    def fail(self, error: BaseException) -> None:
+        """Record a stopped run in ``runs/<run_id>.json``. Ray hands ``on_write_failed`` its own wrapper (often a bare
+        SystemException), so the pipeline calls this again with the exception it caught, whose cause is readable."""
+        write_failed_summary(self.storage, self.summary, error, self._t0, response_totals)
+
+    def finish(self, returns: Iterable[dict[str, Any]]) -> LLMRunSummary:
+        """Aggregate write-task stats, write the summary JSON; return the summary."""
+        s = self.summary
+        total = {"ok": 0, "failed": 0, "retryable": 0, "routes": Counter(), "failure_reasons": Counter(), "pools": {}}
+        for r in returns:
+            if r:
+                total = merge_response_stats(total, r)
+        s.ok, s.failed, s.retryable = total["ok"], total["failed"], total["retryable"]
+        s.routes = {k: int(total["routes"].get(k, 0)) for k in (*ROUTES, "none")}
+        routed = s.routes["small"] + s.routes["large"]
+        s.realised_large_share = round(s.routes["large"] / routed, 4) if routed else None
+        for route, p in sorted(total["pools"].items()):
+            p["busy_s"] = round(p["busy_s"], 3)
+            p["tokens_per_s"] = round(p["completion_tokens"] / p["busy_s"], 2) if p["busy_s"] > 0 else 0.0
+            s.pools[route] = p
+        s.failure_reasons = dict(total["failure_reasons"].most_common(20))
+        if self.ledger is not None:
+            import ray
+
+            st = ray.get(self.ledger.stats.remote())
+            s.skipped, s.duplicates = st["done"], st["duplicate"]
+        s.wall_s = round(time.time() - self._t0, 3)
+        s.finished_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        s.dest_ok, s.dest_failed = response_totals(self.storage)  # responses are written: every run counted
+        s.status = "ok"
+        write_run_record(self.storage, s)
+        return s
+
+    def write(self, blocks: Iterable, ctx) -> dict[str, Any] | None:
+        import pyarrow.parquet as pq
+        from ray.data.block import BlockAccessor
+
+        total = None
+        for block in blocks:
+            table = BlockAccessor.for_block(block).to_arrow()
+            if table.num_rows == 0:
+                continue
+            rows = table.to_pydict()
+            buf = io.BytesIO()
+            pq.write_table(response_table(rows, self.summary.run_id), buf)
+            name = hashlib.sha256("\x1f".join(rows["id"]).encode()).hexdigest()[:16]
+            self.storage.put_bytes(f"responses/{self.summary.run_id}-{name}.parquet", buf.getvalue())
+            stats = response_block_stats(rows)
+            total = stats if total is None else merge_response_stats(total, stats)
+        return total
+
+
+def read_responses(storage: Storage, columns: list[str] | None = None):
+    """All response rows under a root as one Arrow table (empty table if none)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    fs = storage.filesystem()
+    tables = [pq.read_table(storage.path(k), columns=columns, filesystem=fs)
+              for k in storage.list("responses") if k.endswith(".parquet")]
+    if not tables:
+        schema = response_schema()
+        return schema.empty_table().select(columns) if columns else schema.empty_table()
+    return pa.concat_tables(tables, promote_options="default")
+
+
+def response_done_ids(storage: Storage) -> set[str]:
+    """Ids an earlier run finished: answered, or failed on bad input. Runtime errors are retried (as in the image job)."""
+    t = read_responses(storage, ["id", "status"])
+    return {i for i, s in outcomes(t["id"].to_pylist(), t["status"].to_pylist()).items() if s in FINAL_STATUSES}
+
+
+def response_totals(storage: Storage) -> tuple[int, int]:
+    """(ok, not ok) over the destination's ids, every run counted, each id by its latest outcome."""
+    t = read_responses(storage, ["id", "status"])
+    return outcome_totals(t["id"].to_pylist(), t["status"].to_pylist())

@@ -72,7 +72,7 @@ def train_toy_stepsaver(tmp_path_factory):
 @pytest.fixture(scope="session")
 def s3(tmp_path_factory):
     """A real SeaweedFS S3 server on 127.0.0.1 (free ports) with one bucket, credentials in the AWS env vars."""
-    from dynagen.devservers import SeaweedS3
+    from dynagen.app.devservers import SeaweedS3
 
     server = SeaweedS3(tmp_path_factory.mktemp("seaweed")).start()
     old = {k: os.environ.get(k) for k in server.env()}

@@ -86,7 +86,7 @@ def test_bad_model_folders(tiny_model, tmp_path):
 def test_one_scheduler_list():
     """The settings' list is the one the CLI offers and the actor knows."""
     from actors.diffusion import SCHEDULERS
-    from dynagen.cli.common import SchedulerName
-    from dynagen.settings import SCHEDULER_NAMES
+    from dynagen.app.cli.common import SchedulerName
+    from dynagen.core.settings import SCHEDULER_NAMES
 
     assert tuple(SCHEDULERS) == SCHEDULER_NAMES == tuple(m.value for m in SchedulerName)

@@ -161,7 +161,7 @@ def test_unsupported_scheduler_is_refused(plain):
 
 def test_default_threshold_matches_settings():
     from actors.early_stop import DEFAULT_INTERVAL, DEFAULT_MIN_STEPS, DEFAULT_THRESHOLD
-    from dynagen.settings import ImageSettings
+    from dynagen.core.settings import ImageSettings
 
     s = ImageSettings()
     assert (s.early_stop_threshold, s.early_stop_interval, s.early_stop_min_steps) == (
@@ -185,7 +185,7 @@ def test_cli_early_stop_flag_reaches_the_job_settings(monkeypatch, tmp_path):
     import jobs.run_images
     from typer.testing import CliRunner
 
-    from dynagen.cli import app
+    from dynagen.app.cli import app
 
     seen = {}
     monkeypatch.setattr(jobs.run_images, "run_and_report", lambda settings, *a, **k: seen.setdefault("s", settings) and 0)
@@ -275,7 +275,7 @@ def test_settings_select_the_committed_learned_signal_by_default():
     from pathlib import Path
 
     from actors.early_stop import LearnedSignal
-    from dynagen.settings import ImageSettings
+    from dynagen.core.settings import ImageSettings
 
     kw = ImageSettings().early_stop_kwargs()
     sig = LearnedSignal.load(kw["early_stop_signal"])  # committed artifact, loads as the job would

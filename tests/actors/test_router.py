@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from actors.router import (
-    DEFAULT_PATH, LARGE, SMALL, Calibration, RandomRouter, Router, RouterActor, RouterError, apgr, calibration_split,
-    check_share, cpt, get_router, holdout_split, pgr_curve, route_metrics,
+    LARGE, SMALL, Calibration, RandomRouter, Router, RouterActor, RouterError, apgr, calibration_split,
+    check_share, cpt, default_path, get_router, holdout_split, pgr_curve, route_metrics,
 )
 
 # 1. Pure helpers ---------------------------------------------------------------------------------------------------
@@ -89,12 +89,12 @@ def test_registry_and_artifact_errors(tmp_path):
         get_router("learned", tmp_path / "missing", load_encoder=False)
     for f in ("config.json", "head.safetensors", "calibration.json"):
         d = tmp_path / f
-        shutil.copytree(DEFAULT_PATH, d)
+        shutil.copytree(default_path(), d)
         (d / f).unlink()
         with pytest.raises(RouterError, match=f.replace(".", r"\.")):
             get_router("learned", d, load_encoder=False)
     d = tmp_path / "garbled"
-    shutil.copytree(DEFAULT_PATH, d)
+    shutil.copytree(default_path(), d)
     (d / "head.safetensors").write_bytes(b"not safetensors")
     with pytest.raises(RouterError, match="unreadable"):
         get_router("learned", d, load_encoder=False)
@@ -120,7 +120,7 @@ def test_learned_router_scores_in_unit_interval_independent_of_batch(learned):
 
 
 def test_stored_metrics_meet_the_targets():
-    metrics = json.loads((DEFAULT_PATH / "config.json").read_text())["metrics"]["validation"]
+    metrics = json.loads((default_path() / "config.json").read_text())["metrics"]["validation"]
     assert metrics["learned"]["apgr"] >= 0.66 and metrics["learned"]["cpt50"] <= 0.28
     assert metrics["learned"]["apgr"] > metrics["probe"]["apgr"]
 

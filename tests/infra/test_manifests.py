@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dynagen.k8s_validate import check_cron, load_crds, validate_docs, validate_file
+from dynagen.app.k8s_validate import check_cron, load_crds, validate_docs, validate_file
 
 INFRA = Path(__file__).resolve().parents[2] / "infra"
 MANIFESTS = sorted(p.name for p in INFRA.glob("*.yaml"))
@@ -150,7 +150,7 @@ def test_autoscaler_cluster_and_jobs_have_their_lifecycle_fields():
 
 
 def test_nightly_configmap_holds_a_valid_nightly_file():
-    from dynagen.nightly import parse_spec
+    from pipelines.nightly import parse_spec
 
     (cm,) = docs_of("configmap.nightly.yaml")
     spec = parse_spec(yaml.safe_load(cm["data"]["nightly.yaml"]), "configmap")

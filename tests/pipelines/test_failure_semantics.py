@@ -3,9 +3,9 @@ totals (what a night is judged on) count every run, each id by its latest outcom
 
 import pytest
 
-from dynagen.errors import runtime_error
-from dynagen.records import ERROR, FAILED, OK, RunSummary, outcomes
-from dynagen.storage import Storage
+from dynagen.core.errors import runtime_error
+from dynagen.core.records import ERROR, FAILED, OK, RunSummary, outcomes
+from dynagen.core.storage import Storage
 from pipelines.audit import audit
 from pipelines.sinks import ImageSink, destination_totals, done_ids
 
@@ -98,13 +98,14 @@ def test_llm_done_ids_keep_final_rows_only(tmp_path, status):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from pipelines import llm
+    from dynagen.core.records import response_schema
+    from pipelines.sinks import response_done_ids, response_totals
 
     store = Storage(str(tmp_path / "out"))
     (tmp_path / "out" / "responses").mkdir(parents=True)
-    full = llm.response_schema()
+    full = response_schema()
     cols = {f.name: [None, None] for f in full}
     cols.update(id=["x", "y"], status=[status, ERROR])
     pq.write_table(pa.Table.from_pydict(cols, schema=full), tmp_path / "out" / "responses" / "part-0.parquet")
-    assert llm.done_ids(store) == {"x"}
-    assert llm.destination_totals(store) == ((1, 1) if status == OK else (0, 2))
+    assert response_done_ids(store) == {"x"}
+    assert response_totals(store) == ((1, 1) if status == OK else (0, 2))

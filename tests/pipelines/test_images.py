@@ -7,9 +7,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from dynagen.settings import load_settings
-from dynagen.storage import Storage
-from pipelines.images import RunError, run
+from dynagen.core.settings import load_settings
+from dynagen.core.storage import Storage
+from pipelines.common import RunError
+from pipelines.images import run
 from pipelines.sinks import read_metadata
 
 PROMPTS = [f"{n} {c} {s}" for n in ("one", "two") for c in ("red", "blue", "green") for s in ("circles", "squares")]
@@ -54,6 +55,7 @@ def test_run_local_mixed_shards_then_resume(ray_local, tiny_model, tmp_path):
     assert all(len(v) == 1 for v in by_batch.values())
     assert s.unet_evals == 2 * s.denoising_steps == 2 * sum(m["steps"] for m in meta if m["status"] == "ok")
     summary = json.loads((out / "runs" / f"{s.run_id}.json").read_text())
+    assert summary["status"] == "ok"  # the sink's start record ("running") was replaced when it completed
     assert summary["ok"] == 13 and summary["steps_histogram"] == {"2": 10, "3": 3}
     assert "secret" not in json.dumps(summary["settings"]["storage"])
     assert "<img src='data:image/png;base64," in (out / "runs" / f"{s.run_id}.html").read_text()
@@ -98,6 +100,24 @@ def test_a_run_that_stops_mid_way_still_writes_its_summary(ray_local, tiny_model
     summary = json.loads((tmp_path / "o" / "runs" / "r-broken.json").read_text())
     assert summary["status"] == "failed" and "ArtifactError" in summary["error"] and "\n" not in summary["error"]
     assert summary["ok"] == 0 and summary["finished_at"]
+
+
+def test_sink_start_record_and_report_after_the_sink(tmp_path):
+    """on_write_start (driver, before any write task) claims the run in the destination; the report is the
+    pipeline's job after the sink completed: the sink itself never writes HTML."""
+    from dynagen.core.records import RunSummary
+    from pipelines.report import write_report
+    from pipelines.sinks import ImageSink
+
+    store = Storage(str(tmp_path / "d"))
+    sink = ImageSink(store, RunSummary(run_id="r1", source="in", dest=store.root, started_at="t0"), batch_size=2)
+    sink.on_write_start(None)
+    assert json.loads(store.get_bytes("runs/r1.json"))["status"] == "running"
+    summary = sink.finish([])  # a run with nothing left to do (all resumed) completes too
+    assert json.loads(store.get_bytes("runs/r1.json"))["status"] == "ok" == summary.status
+    assert store.list("runs") == ["runs/r1.json"]
+    write_report(store, summary, sink.thumbs)
+    assert "dynagen run r1" in store.get_bytes("runs/r1.html").decode()
 
 
 def test_s3_in_and_out(ray_local, tiny_model, s3, tmp_path):

@@ -8,10 +8,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from dynagen.settings import SettingsError, load_settings
-from dynagen.storage import Storage
-from pipelines.images import RunError
-from pipelines.llm import RESPONSE_COLUMNS, read_responses, run
+from dynagen.core.settings import SettingsError, load_settings
+from dynagen.core.storage import Storage
+from pipelines.common import RunError
+from dynagen.core.records import RESPONSE_COLUMNS
+from pipelines.llm import run
+from pipelines.sinks import read_responses
 
 REPO = Path(__file__).resolve().parents[2]
 QUESTIONS = [f"Question {i}: what is {i} plus {i + 1}? Answer:" for i in range(36)]
@@ -58,6 +60,7 @@ def test_run_to_s3_routes_both_pools_then_resumes(ray_local, s3, tmp_path):
     assert long["truncated"] and long["prompt_tokens"] == 48 and "truncated" in long["error"]
 
     summary = json.loads(Storage(dest).get_bytes(f"runs/{s.run_id}.json"))
+    assert summary["status"] == "ok"  # the sink's start record ("running") was replaced when it completed
     assert summary["routes"] == s.routes and summary["pools"]["large"]["tokens_per_s"] > 0
     assert summary["pools"]["small"]["completion_tokens"] == sum(r["completion_tokens"] for r in rows if r["route"] == "small")
     assert summary["pools"]["small"]["truncated"] + summary["pools"]["large"]["truncated"] == 1

@@ -10,9 +10,9 @@ import pyarrow.fs as pafs
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dynagen.records import ID_PATTERN, MAX_SEED
-from dynagen.settings import SettingsError, load_settings
-from dynagen.sources import ShardError, check_shard, list_shards, normalize_row, parse_json_line
+from dynagen.core.records import ID_PATTERN, MAX_SEED
+from dynagen.core.settings import SettingsError, load_settings
+from dynagen.core.sources import ShardError, check_shard, list_shards, normalize_row, parse_json_line
 
 values = st.one_of(
     st.none(), st.booleans(), st.integers(), st.floats(allow_nan=True), st.text(), st.binary(max_size=64),

@@ -17,11 +17,12 @@ from pathlib import Path
 import pytest
 from faultkit import descendant_pid, make_shards, wait_for
 
-from dynagen.devservers import FaultProxy, SeaweedS3
-from dynagen.settings import load_settings
-from dynagen.storage import Storage
+from dynagen.app.devservers import FaultProxy, SeaweedS3
+from dynagen.core.settings import load_settings
+from dynagen.core.storage import Storage
 from pipelines.audit import audit
-from pipelines.images import RunError, run
+from pipelines.common import RunError
+from pipelines.images import run
 
 pytestmark = pytest.mark.slow
 N = 200
@@ -120,6 +121,8 @@ def test_driver_killed_then_rerun_generates_nothing_twice(tiny_model, tmp_path, 
     assert p2.returncode == 0, text
     summaries = [json.loads(f.read_text()) for f in (out / "runs").glob("*.json")]
     (second,) = [s for s in summaries if s["skipped"] > 0]
+    # The killed run left its start record (the sink's on_write_start), still "running": it never finished.
+    assert sorted(s["status"] for s in summaries) == ["ok", "running"] and second["status"] == "ok"
     rep = audit(Storage(str(out)), ids)
     record(scenario, "driver SIGKILL + rerun", rep, "1 kill", reruns=1)
     assert rep.clean and rep.ok == N, rep

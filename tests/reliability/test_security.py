@@ -6,8 +6,8 @@ import json
 
 from typer.testing import CliRunner
 
-from dynagen.cli import app
-from dynagen.storage import Storage
+from dynagen.app.cli import app
+from dynagen.core.storage import Storage
 
 
 def test_secrets_absent_from_every_output(ray_local, tiny_model, s3, tmp_path):

@@ -1,0 +1,40 @@
+"""Helpers every command uses: one error path, settings from --config + env + flags."""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Any, Mapping, NoReturn
+
+import typer
+
+from dynagen.core.settings import SCHEDULER_NAMES
+
+# The samplers as a CLI choice, built from the settings' one list ("dpm++" is not an identifier: member dpmpp).
+SchedulerName = Enum("SchedulerName", {n.replace("+", "p"): n for n in SCHEDULER_NAMES}, type=str)
+
+
+def exit_with_error(message: str, code: int = 2) -> NoReturn:
+    """Print one line to stderr and exit non-zero (no traceback for user mistakes)."""
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def load(config: str | None, overrides: Mapping[str, Any] | None = None):
+    """Settings or a one-line error."""
+    from dynagen.core.settings import SettingsError, load_settings
+
+    try:
+        return load_settings(config, overrides)
+    except SettingsError as e:
+        exit_with_error(str(e))
+
+
+def quiet_libraries() -> None:
+    """Keep the terminal for our progress: offline hub, fewer library warnings."""
+    import os
+    import warnings
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    warnings.filterwarnings("ignore", category=FutureWarning)

@@ -1,0 +1,346 @@
+"""One settings schema for the CLI, jobs and Serve.
+
+Layers, lowest first: field defaults < YAML file (``--config``) < ``DYNAGEN_*`` env vars < CLI flags.
+Env names are the dotted key upper-cased with ``__`` between sections: ``DYNAGEN_IMAGES__BATCH_SIZE=16``.
+Model folders default to names inside one models directory, ``models_dir`` (``DYNAGEN_MODELS_DIR``), resolved when
+settings are built (never at import): unset, it is the checkout's ``models/`` when the code runs from a source
+checkout, else the copy of the embedded models a wheel carries in the package (``dynagen/_models``).
+``load_settings`` returns the validated model plus where each value came from (for ``dynagen config show``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal, Mapping, get_args
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+
+ENV_PREFIX = "DYNAGEN_"
+Scheduler = Literal["ddim", "euler", "dpm++"]  # the one list: the CLI, nightly and actors.diffusion use it
+SCHEDULER_NAMES: tuple[str, ...] = get_args(Scheduler)
+
+
+class SettingsError(ValueError):
+    """A bad settings file, env var or flag; the message is one line naming the key."""
+
+
+# 0. Where the embedded models are -------------------------------------------------------------------------------
+
+PACKAGED_MODELS = "_models"  # inside the installed package: what pyproject's package-data puts in a wheel
+
+
+def _package_dir() -> Path:
+    return Path(__file__).resolve().parents[1]  # dynagen/ (this file is dynagen/core/settings.py)
+
+
+def checkout_root() -> Path | None:
+    """The source checkout this code runs from (editable install, Ray Jobs working_dir, the container image), or
+    None for an installed wheel. A checkout is the folder above the package holding pyproject.toml and models/."""
+    root = _package_dir().parent
+    return root if (root / "pyproject.toml").is_file() and (root / "models").is_dir() else None
+
+
+def default_models_dir() -> tuple[Path, str]:
+    """(folder, origin) of the embedded models when ``models_dir`` is not set: the checkout's ``models/``
+    (origin 'checkout'), else the package's own copy (origin 'package')."""
+    root = checkout_root()
+    if root is not None:
+        return root / "models", "checkout"
+    return _package_dir() / PACKAGED_MODELS, "package"
+
+
+def _embedded(name: str):
+    """A default_factory: the embedded model ``name`` in the default models dir (rebased by Settings.models_dir)."""
+    return lambda: str(default_models_dir()[0] / name)
+
+
+# (section, field, folder name under models_dir): the settings whose default is an embedded model.
+EMBEDDED_MODELS = (
+    ("images", "model", "tiny-sd"), ("images", "stepsaver", "stepsaver"),
+    ("images", "early_stop_signal_path", "early-stop"), ("llm", "router_path", "router"),
+    ("llm", "small_model", "llm-small"), ("llm", "large_model", "llm-large"),
+)
+
+
+class _Section(BaseModel):
+    # Unknown keys are typos until proven otherwise.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class StorageSettings(_Section):
+    endpoint_url: str | None = Field(
+        None, description="S3 endpoint for non-AWS stores (SeaweedFS, MinIO). Falls back to AWS_ENDPOINT_URL."
+    )
+    region: str = Field("us-east-1", description="S3 region.")
+    access_key_id: SecretStr | None = Field(
+        None, description="S3 access key. Prefer the standard AWS env vars or profile; never printed."
+    )
+    secret_access_key: SecretStr | None = Field(None, description="S3 secret key; never printed.")
+    connect_timeout_s: float = Field(5.0, gt=0, description="Seconds to wait for a TCP connection to S3.")
+    max_attempts: int = Field(5, ge=1, description="Attempts per S3 request (botocore 'standard' retries, backoff).")
+
+
+class RaySettings(_Section):
+    address: str | None = Field(
+        None, description="Ray cluster to join ('auto', 'ray://host:10001'); unset = start an embedded local Ray."
+    )
+    num_cpus: int | None = Field(None, ge=1, description="CPUs for an embedded local Ray (default: all).")
+
+
+class ImageSettings(_Section):
+    model: str = Field(default_factory=_embedded("tiny-sd"), description="diffusers pipeline folder.")
+    stepsaver: str = Field(default_factory=_embedded("stepsaver"), description="StepSaver predictor folder.")
+    steps: Literal["auto"] | int = Field(
+        "auto", description="'auto' = StepSaver predicts per prompt; an int fixes the step count for every prompt."
+    )
+    scheduler: Scheduler = Field("ddim", description="Sampler: ddim, euler or dpm++.")
+    guidance_scale: float | None = Field(
+        None, ge=0, description="Classifier-free guidance; unset = the model folder's default (dynagen.json) or 7.5."
+    )
+    batch_size: int = Field(8, ge=1, le=1024, description="Images per diffusion batch (all of one step count).")
+    group_window: int = Field(
+        256, ge=1, description="Rows a diffusion actor groups by step count at once; larger = fuller batches."
+    )
+    max_prompt_chars: int = Field(4000, ge=1, description="Longer prompts fail their row (recorded, not generated).")
+    limit: int | None = Field(None, ge=1, description="Read at most this many prompts.")
+    actors_min: int = Field(1, ge=1, description="Diffusion actor pool: minimum size.")
+    actors_max: int = Field(1, ge=1, description="Diffusion actor pool: maximum size (autoscales up to it).")
+    cpus_per_actor: float = Field(1.0, gt=0, description="CPUs reserved per diffusion actor (sets torch threads).")
+    gpus_per_actor: float = Field(0.0, ge=0, description="GPUs per diffusion actor (0 = CPU).")
+    skip_bad_shards: bool = Field(False, description="Skip unreadable shards (recorded) instead of stopping the run.")
+    early_stop: bool = Field(
+        False, description="End each image's denoising once its predicted clean image stops changing (steps = budget)."
+    )
+    early_stop_signal: Literal["learned", "rate"] = Field(
+        "learned", description="Stop rule: 'learned' = the calibrated signal in early_stop_signal_path "
+        "(P(x̂0 already passes) ≥ early_stop_level); 'rate' = x̂0's change rate < early_stop_threshold.",
+    )
+    early_stop_signal_path: str = Field(
+        default_factory=_embedded("early-stop"), description="Learned early-stop signal (jobs/calibrate_early_stop.py)."
+    )
+    early_stop_level: float | None = Field(
+        None, gt=0, le=1, description="Learned rule's stopping probability (unset = the level calibrated with it)."
+    )
+    early_stop_threshold: float = Field(
+        0.3, ge=0, description="Rate rule: stop when x̂0's relative change per unit of diffusion time falls below this "
+        "(0 = never stop).",
+    )
+    early_stop_interval: int = Field(2, ge=1, description="Check convergence every this many steps.")
+    early_stop_min_steps: int = Field(6, ge=1, description="No image stops before this many steps.")
+    adaptive: bool = Field(
+        False, description="Adaptive per-sample steps: each image's step sizes follow its own trajectory "
+        "(DPM-Solver++(2M) with error control); steps = each image's cap.",
+    )
+    adaptive_tol: float = Field(
+        0.01, gt=0, description="Adaptive steps' local error tolerance (smaller = more steps, closer to the "
+        "many-step image).",
+    )
+
+    def early_stop_kwargs(self) -> dict:
+        """The per-sample arguments (early stop, adaptive steps) of ``actors.diffusion.DiffusionCore``: one mapping
+        for the job and Serve."""
+        return dict(
+            early_stop=self.early_stop, early_stop_threshold=self.early_stop_threshold,
+            early_stop_interval=self.early_stop_interval, early_stop_min_steps=self.early_stop_min_steps,
+            early_stop_signal=self.early_stop_signal_path if self.early_stop_signal == "learned" else None,
+            early_stop_level=self.early_stop_level, adaptive=self.adaptive, adaptive_tol=self.adaptive_tol,
+        )
+
+    @field_validator("steps", mode="before")
+    @classmethod
+    def _steps(cls, v: Any) -> Any:
+        if isinstance(v, str) and v.strip().isdigit():
+            v = int(v)
+        if isinstance(v, int) and not 1 <= v <= 1000:
+            raise ValueError("steps must be 'auto' or an integer in 1..1000")
+        return v
+
+
+class LLMSettings(_Section):
+    router: str = Field("learned", description="Router name from the registry (learned, random, ...).")
+    router_path: str = Field(default_factory=_embedded("router"), description="Learned router artifact folder.")
+    large_share: float = Field(0.3, ge=0, le=1, description="Target share of prompts sent to the large model.")
+    share_mode: Literal["calibrated", "per_batch"] = Field(
+        "calibrated",
+        description="calibrated = the router's stored threshold for the share (a prompt's route never depends on "
+        "its neighbours); per_batch = the top share of each router batch (hits the share on any prompt mix).",
+    )
+    over_context: Literal["truncate", "fail"] = Field(
+        "truncate", description="Prompts longer than the model context: keep their last tokens (flagged) or fail the row."
+    )
+    max_prompt_tokens: int | None = Field(
+        None, ge=1, description="Cap on prompt tokens below the model context (bounds batch memory); unset = context."
+    )
+    small_model: str = Field(default_factory=_embedded("llm-small"), description="Small causal LM (HF id or folder).")
+    large_model: str = Field(default_factory=_embedded("llm-large"), description="Large causal LM (HF id or folder).")
+    max_new_tokens: int = Field(32, ge=1, le=4096, description="Tokens generated per response.")
+    batch_size: int = Field(16, ge=1, description="Prompts per generation batch.")
+    max_prompt_chars: int = Field(8000, ge=1, description="Longer prompts fail their row.")
+    limit: int | None = Field(None, ge=1, description="Read at most this many prompts.")
+    small_actors_max: int = Field(1, ge=1, description="Small-model actor pool: maximum size.")
+    large_actors_max: int = Field(1, ge=1, description="Large-model actor pool: maximum size.")
+    cpus_per_actor: float = Field(0.5, gt=0, description="CPUs per LLM actor.")
+    gpus_per_actor: float = Field(0.0, ge=0, description="GPUs per LLM actor (0 = CPU).")
+
+
+class ServeSettings(_Section):
+    """The online app (``dynagen serve``): HTTP binding, request limits, batching and autoscaling."""
+
+    host: str = Field("127.0.0.1", description="HTTP bind address (0.0.0.0 only behind a trusted network/ingress).")
+    port: int = Field(8000, ge=1, le=65535, description="HTTP port.")
+    app_name: str = Field("dynagen", description="Ray Serve application name.")
+    max_prompt_chars: int = Field(4000, ge=1, description="Longer prompts are refused with 413.")
+    max_batch_prompts: int = Field(256, ge=1, description="Most prompts in one /v1/steps or /v1/route request (413 above).")
+    max_request_bytes: int = Field(1_048_576, ge=1024, description="Larger request bodies are refused with 413.")
+    max_steps: int = Field(150, ge=1, le=1000, description="Largest explicit 'steps' a /v1/images request may ask for.")
+    max_batch_size: int = Field(8, ge=1, description="Images per @serve.batch call (one step count per batch).")
+    batch_wait_timeout_s: float = Field(0.05, ge=0, description="How long an image batch waits to fill up.")
+    steps_max_batch_size: int = Field(32, ge=1, description="Requests whose prompts StepSaver scores in one forward.")
+    steps_batch_wait_timeout_s: float = Field(0.002, ge=0, description="How long a StepSaver batch waits to fill up.")
+    ingress_min_replicas: int = Field(1, ge=0, description="Ingress (StepSaver + router) replicas: minimum.")
+    ingress_max_replicas: int = Field(2, ge=1, description="Ingress replicas: maximum (autoscaling).")
+    ingress_target_ongoing_requests: float = Field(16, gt=0, description="Autoscaling target of in-flight requests per ingress replica.")
+    ingress_max_ongoing_requests: int = Field(64, ge=1, description="Requests one ingress replica accepts at once.")
+    ingress_num_cpus: float = Field(1.0, gt=0, description="CPUs per ingress replica (also sets its torch threads).")
+    images_min_replicas: int = Field(1, ge=0, description="Image-generation replicas: minimum.")
+    images_max_replicas: int = Field(1, ge=1, description="Image-generation replicas: maximum (autoscaling).")
+    images_target_ongoing_requests: float = Field(8, gt=0, description="Autoscaling target of in-flight images per replica.")
+    images_max_ongoing_requests: int = Field(32, ge=1, description="Images one generation replica accepts at once (>= max_batch_size).")
+    images_num_cpus: float = Field(1.0, gt=0, description="CPUs per image replica (also sets its torch threads).")
+    images_num_gpus: float = Field(0.0, ge=0, description="GPUs per image replica (0 = CPU).")
+
+
+class Settings(_Section):
+    models_dir: str | None = Field(
+        None, description="Folder of the embedded models (tiny-sd, stepsaver, early-stop, router, llm-small, "
+        "llm-large); unset = the checkout's models/, or the installed package's copy. Model settings left unset "
+        "point inside it.",
+    )
+    storage: StorageSettings = Field(default_factory=StorageSettings)
+    ray: RaySettings = Field(default_factory=RaySettings)
+    images: ImageSettings = Field(default_factory=ImageSettings)
+    llm: LLMSettings = Field(default_factory=LLMSettings)
+    serve: ServeSettings = Field(default_factory=ServeSettings)
+
+    @model_validator(mode="after")
+    def _resolve_models_dir(self) -> "Settings":
+        # Resolved here, when settings are built. The resolved values are written past pydantic's "fields set"
+        # bookkeeping on purpose: they stay defaults, so `dynagen submit` (which sends only what was set) lets the
+        # cluster resolve them against its own models dir.
+        if self.models_dir is None:
+            self.__dict__["models_dir"] = str(default_models_dir()[0])
+            return self
+        for section, key, name in EMBEDDED_MODELS:
+            sec = getattr(self, section)
+            if key not in sec.model_fields_set:
+                sec.__dict__[key] = str(Path(self.models_dir) / name)
+        return self
+
+
+SECRET_KEYS = {"storage.access_key_id", "storage.secret_access_key"}
+
+
+def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _set(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    for p in parents:
+        tree = tree.setdefault(p, {})
+        if not isinstance(tree, dict):
+            raise SettingsError(f"setting '{dotted}': '{p}' is not a section")
+    tree[leaf] = value
+
+
+def _known_keys() -> set[str]:
+    return set(_flatten(Settings().model_dump()))
+
+
+def load_settings(
+    config_file: str | Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    env: Mapping[str, str] | None = None,
+) -> tuple[Settings, dict[str, str]]:
+    """Build Settings from file + env + flags (``overrides`` uses dotted keys, None values ignored).
+
+    Returns (settings, sources) where sources maps each dotted key to 'default', 'file', 'env' or 'flag'.
+    Raises SettingsError with a one-line message naming the bad key or file.
+    """
+    env = os.environ if env is None else env
+    known = _known_keys()
+    tree: dict[str, Any] = {}
+    sources = {k: "default" for k in known}
+
+    if config_file is not None:
+        path = Path(config_file)
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except FileNotFoundError:
+            raise SettingsError(f"config file not found: {path}") from None
+        except yaml.YAMLError as e:
+            raise SettingsError(f"config file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+        if not isinstance(data, dict):
+            raise SettingsError(f"config file {path} must be a mapping of sections, got {type(data).__name__}")
+        for key, value in _flatten(data).items():
+            if key not in known:
+                raise SettingsError(f"config file {path}: unknown setting '{key}'")
+            _set(tree, key, value)
+            sources[key] = "file"
+
+    for name, raw in env.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        key = name[len(ENV_PREFIX) :].lower().replace("__", ".")
+        if key not in known:
+            raise SettingsError(f"env var {name}: unknown setting '{key}'")
+        # YAML scalars so that "16", "true" and "null" mean what they look like.
+        _set(tree, key, yaml.safe_load(raw) if raw != "" else None)
+        sources[key] = "env"
+
+    for key, value in (overrides or {}).items():
+        if value is None:
+            continue
+        if key not in known:
+            raise SettingsError(f"unknown setting '{key}'")
+        _set(tree, key, value)
+        sources[key] = "flag"
+
+    try:
+        settings = Settings.model_validate(tree)
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = ".".join(str(p) for p in err["loc"])
+        raise SettingsError(f"setting '{where}' ({sources.get(where, 'default')}): {err['msg']}") from None
+    return settings, sources
+
+
+def settings_from_json(payload: str) -> Settings:
+    """Re-validate settings a job received from the CLI (secrets travel via env, not in the payload)."""
+    try:
+        return Settings.model_validate_json(payload)
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise SettingsError(f"setting '{'.'.join(map(str, err['loc']))}': {err['msg']}") from None
+
+
+def describe(settings: Settings, sources: Mapping[str, str]) -> list[tuple[str, str, str]]:
+    """(key, value, source) rows with secrets masked, for ``dynagen config show``."""
+    rows = []
+    for key, value in sorted(_flatten(settings.model_dump()).items()):
+        if key in SECRET_KEYS and value is not None:
+            value = "********"
+        source = sources.get(key, "default")
+        if key == "models_dir" and source == "default":
+            source = f"default ({default_models_dir()[1]})"  # which of the two defaults it resolved to
+        rows.append((key, "" if value is None else str(value), source))
+    return rows
