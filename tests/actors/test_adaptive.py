@@ -112,6 +112,6 @@ def test_diffusion_core_runs_adaptive_steps_with_the_step_count_as_cap():
 
 def test_settings_default_tolerance_is_the_samplers():
     from actors.adaptive import DEFAULT_TOL
-    from dynagen.settings import ImageSettings
+    from dynagen.core.settings import ImageSettings
 
     assert ImageSettings().adaptive_tol == DEFAULT_TOL
