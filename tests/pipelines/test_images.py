@@ -162,3 +162,13 @@ def test_parquet_input_beside_an_actor_holding_most_cpus(ray_local, tiny_model, 
     t.join(timeout=300)
     assert not t.is_alive(), "image run on a Parquet shard did not finish (read stage starved of CPUs)"
     assert result["s"].ok == 4
+
+
+def test_adaptive_steps_run_end_to_end_with_the_step_count_as_cap(ray_local, tiny_model, tmp_path):
+    (tmp_path / "in.jsonl").write_text("\n".join(json.dumps({"prompt": p}) for p in PROMPTS[:4]) + "\n")
+    s = run(settings(tiny_model, steps=6, adaptive=True, adaptive_tol=0.5), str(tmp_path / "in.jsonl"),
+            str(tmp_path / "out"))
+    meta = read_metadata(Storage(str(tmp_path / "out"))).to_pylist()
+    assert s.ok == 4 and all(m["status"] == "ok" for m in meta)
+    assert all(m["planned_steps"] == 6 and 1 <= m["steps"] <= 6 for m in meta)
+    assert s.unet_evals == 2 * sum(m["steps"] for m in meta)  # evals follow the steps each image really took

@@ -61,6 +61,8 @@ IMAGE_FLAGS: tuple[Flag, ...] = (
     Flag("images.batch_size", Optional[int]),
     Flag("images.skip_bad_shards", bool, ("--skip-bad-shards",), default=False, convert=lambda v: v or None),
     Flag("images.early_stop", Optional[bool], ("--early-stop/--no-early-stop",)),
+    Flag("images.adaptive", Optional[bool], ("--adaptive/--no-adaptive",)),
+    Flag("images.adaptive_tol", Optional[float]),
 )
 
 LLM_FLAGS: tuple[Flag, ...] = (
