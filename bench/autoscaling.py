@@ -169,7 +169,7 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="dynagen-autoscale-"))
     model = a.model
     if not model:
-        from dynagen.tinymodel import build_pipeline
+        from dynagen.world.tinymodel import build_pipeline
 
         model = str(work / "tiny-random")
         build_pipeline(seed=0).save_pretrained(model)

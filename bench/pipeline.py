@@ -156,7 +156,7 @@ def main() -> None:
 
     from actors.stepsaver import StepPredictor
     from dynagen.core.storage import Storage
-    from dynagen.synth import example_prompts
+    from dynagen.world.synth import example_prompts
     from pipelines.images import run
     from pipelines.sinks import read_metadata
 

@@ -51,13 +51,13 @@ def free_port() -> int:
 
 def models(tmp: Path, model: Path = MODEL, stepsaver: Path = STEPSAVER) -> dict[str, str]:
     """Model folders to serve: the trained ones, or stand-ins built here (named in the output)."""
-    from dynagen.synth import example_prompts
+    from dynagen.world.synth import example_prompts
 
     out = {}
     if (model / "model_index.json").is_file():
         out["model"], out["model_kind"] = str(model), "trained tiny-sd"
     else:
-        from dynagen.tinymodel import build_pipeline
+        from dynagen.world.tinymodel import build_pipeline
 
         build_pipeline(seed=0).save_pretrained(tmp / "tiny-random")
         out["model"], out["model_kind"] = str(tmp / "tiny-random"), "random tiny-sd architecture (models/tiny-sd missing)"
@@ -118,7 +118,7 @@ def main() -> None:
     from dynagen.app.serve.deployments import start
     from dynagen.app.serve.api import H_BATCH_SIZE, H_STEPS, Percentiles
     from dynagen.core.settings import load_settings
-    from dynagen.synth import example_prompts
+    from dynagen.world.synth import example_prompts
 
     smoke = a.smoke_test
     n_steps = SMOKE["steps_requests"] if smoke else STEPS_REQUESTS

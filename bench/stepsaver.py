@@ -144,7 +144,7 @@ def run_adaptive(sampler, guidance: float, prompts: list[str], seeds: list[int],
 
 def heldout_prompts(n: int, exclude: set[str]) -> tuple[list[str], int]:
     """``n`` fresh prompts of the world's mix not in the calibration set; also how many draws were excluded."""
-    from dynagen.synth import example_prompts
+    from dynagen.world.synth import example_prompts
 
     out, skipped = [], 0
     for p in example_prompts(n * 20, HELDOUT_PROMPT_SEED):
@@ -245,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from actors.diffusion import DiffusionCore
     from actors.stepsaver import StepPredictor
-    from dynagen import synth
+    from dynagen.world import synth
     from jobs.train_stepsaver import model_fingerprint
     from pipelines.calibrate import read_calibration
 

@@ -1,7 +1,7 @@
 """World probe: does the prompt decide the step need? Minimum steps per prompt class, under several criteria.
 
 Sweeps every count of the StepSaver grid against a 100-step reference (same seed) for a few prompts of each class
-of :func:`dynagen.synth.prompt_class` ("flat", "fine", "many", "vague") × a few seeds, in one process (no Ray),
+of :func:`dynagen.world.synth.prompt_class` ("flat", "fine", "many", "vague") × a few seeds, in one process (no Ray),
 then reads the stored curves under each quality criterion: full-resolution SSIM (the paper's) at several
 thresholds and SSIM after 2×2 pooling. Per criterion: mean/median minimum steps per class and the prompt's share
 of the min-step variance (``pipelines.calibrate.variance_split``). Also the mean SSIM per fixed count (is quality
@@ -29,7 +29,7 @@ CRITERIA = [("ssim", 0.98), ("ssim", 0.99), ("ssim", 0.995), ("ssim_lowres", 0.9
 
 
 def probe_prompts(per_class: int, seed: int = PROMPT_SEED) -> list[str]:
-    from dynagen import synth
+    from dynagen.world import synth
 
     out: dict[str, list[str]] = {c: [] for c in CLASSES}
     for p in synth.example_prompts(20_000, seed):
@@ -43,7 +43,7 @@ def probe_prompts(per_class: int, seed: int = PROMPT_SEED) -> list[str]:
 
 def table(records, criteria=CRITERIA) -> dict:
     """Per criterion: per-class mean/median min steps and the variance split, from records' stored curves."""
-    from dynagen import synth
+    from dynagen.world import synth
     from pipelines.calibrate import min_steps_for, variance_split
 
     out = {}

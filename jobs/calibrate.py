@@ -18,7 +18,7 @@ def load_prompts(source: str | Sequence[str], limit: int | None = None) -> list[
     if not isinstance(source, str):
         prompts = list(source)
     elif source.startswith("synth:"):
-        from dynagen.synth import example_prompts
+        from dynagen.world.synth import example_prompts
 
         parts = source.split(":")
         prompts = example_prompts(int(parts[1]), int(parts[2]) if len(parts) > 2 else 0)

@@ -20,7 +20,7 @@ def run(out_dir: str = "models/tiny-sd", minutes: float = 40.0, seed: int = 0, n
     slower (OpenMP spinning while other processes held the cores); use 2 on an idle machine.
     """
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from dynagen.tinymodel import train
+    from dynagen.world.tinymodel import train
 
     return train(out_dir, minutes=minutes, seed=seed, n_images=n_images, batch_size=batch_size, fp16=fp16,
                  threads=threads, init_from=init_from, vae_from=vae_from,
@@ -39,7 +39,7 @@ def evaluate(model_dir: str = "models/tiny-sd", sheet: str | None = "docs/tiny-s
     import numpy as np
     import torch
 
-    from dynagen import synth, tinymodel
+    from dynagen.world import synth, tinymodel
 
     torch.set_num_threads(threads)
     pipe = tinymodel.load_pipeline(model_dir)

@@ -40,7 +40,7 @@ def ray_local(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> str:
     """A random-init pipeline with the embedded model's architecture, saved like real weights."""
-    from dynagen.tinymodel import build_pipeline
+    from dynagen.world.tinymodel import build_pipeline
 
     path = tmp_path_factory.mktemp("models") / "tiny-random"
     build_pipeline(seed=0).save_pretrained(path)

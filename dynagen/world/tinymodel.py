@@ -2,7 +2,7 @@
 
 Same component layout as SD 1.5 (``StableDiffusionPipeline``: CLIPTokenizer + CLIPTextModel + UNet2DConditionModel
 + AutoencoderKL + scheduler), only tiny, trained by the project itself on the synthetic world of
-:mod:`dynagen.synth` (64x64 RGB images, 16x16x4 latents). The trained weights live in ``models/tiny-sd`` and load offline
+:mod:`dynagen.world.synth` (64x64 RGB images, 16x16x4 latents). The trained weights live in ``models/tiny-sd`` and load offline
 with ``StableDiffusionPipeline.from_pretrained("models/tiny-sd")``.
 
 * :func:`build_pipeline` -- the same architecture, random init, from configs only (fast tests).
@@ -106,7 +106,7 @@ def _bytes_to_unicode() -> dict[int, str]:
 
 def tokenizer_vocab() -> tuple[dict[str, int], list[tuple[str, str]]]:
     """CLIP-style BPE vocab + merges: 512 byte symbols, a merge chain per grammar word, the two special tokens."""
-    from dynagen.synth import VOCABULARY
+    from dynagen.world.synth import VOCABULARY
 
     symbols = list(_bytes_to_unicode().values())
     vocab: dict[str, int] = {}
@@ -230,7 +230,7 @@ def _lr_at(frac: float, base: float, warm: float = 0.03) -> float:
 def train_vae(vae, minutes: float, seed: int, batch_size: int = 32, lr: float = 2e-3, kl_weight: float = 1e-4,
               log_every: int = 25, crop: int = 32) -> float:
     """Stage 1: autoencoder on freshly rendered images (L1 + MSE + small KL). Returns the final loss."""
-    from dynagen import synth
+    from dynagen.world import synth
 
     vae.train()
     rng = random.Random(seed)
@@ -268,7 +268,7 @@ def train_vae(vae, minutes: float, seed: int, batch_size: int = 32, lr: float = 
 @torch.no_grad()
 def encode_dataset(vae, tokenizer, n: int, seed: int, batch: int = 256):
     """Render ``n`` samples, encode them to latent means (unscaled) and token ids."""
-    from dynagen import synth
+    from dynagen.world import synth
 
     lats, ids, caps = [], [], []
     for i in range(0, n, batch):
@@ -478,7 +478,7 @@ def contact_sheet(pipe, prompts: list[str], path: str | os.PathLike, steps: int 
 
     from PIL import Image, ImageDraw
 
-    from dynagen import synth
+    from dynagen.world import synth
 
     imgs = images if images is not None else generate(pipe, prompts, steps, seed, guidance_scale)
     cell = IMAGE_SIZE * scale
@@ -512,7 +512,7 @@ def contact_sheet(pipe, prompts: list[str], path: str | os.PathLike, steps: int 
 
 def position_of(image: np.ndarray, background: str) -> str:
     """The named position (synth.POSITIONS) nearest the centroid of the pixels that are not the background."""
-    from dynagen import synth
+    from dynagen.world import synth
 
     im = np.asarray(image, dtype=float)
     fg = np.linalg.norm(im - np.asarray(synth.BACKGROUNDS[background], dtype=float), axis=-1) > 60

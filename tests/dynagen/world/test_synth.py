@@ -3,7 +3,7 @@ import random
 import numpy as np
 import pytest
 
-from dynagen import synth
+from dynagen.world import synth
 
 VAGUE_FORMS = ["a shape", "shapes", "some shapes", "two shapes", "an object", "objects", "something", "something red",
                "a striped shape", "a dotted object", "shapes on a dark background", "an object at the top",

@@ -7,9 +7,9 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch = pytest.importorskip("torch")
 
-from dynagen import tinymodel  # noqa: E402
+from dynagen.world import tinymodel  # noqa: E402
 
-MODEL_DIR = Path(__file__).resolve().parents[2] / "models" / "tiny-sd"
+MODEL_DIR = Path(__file__).resolve().parents[3] / "models" / "tiny-sd"
 PROMPTS = ["a red circle on a white background", "two blue finely striped squares on a black background"]
 
 
@@ -94,7 +94,7 @@ def test_committed_model_follows_colour_and_background_words():
     """Every (object colour, background) pair of the synthetic world, one large circle each, 30 DDIM steps: the
     border's colour must name the asked background and the off-background pixels the asked object colour.
     Measured on the committed (world-v2) model: 38/43 backgrounds, 27/43 colours (chance: 1/5 and 1/9)."""
-    from dynagen import synth
+    from dynagen.world import synth
 
     p = tinymodel.load_pipeline(MODEL_DIR)
     pairs = [(c, b) for c in synth.COLORS for b in synth.BACKGROUNDS if c != b]
@@ -116,7 +116,7 @@ def test_committed_model_follows_colour_and_background_words():
 def test_committed_model_puts_objects_where_the_caption_says():
     """One small solid object per named position × 4 shape/colour/background combinations, 30 DDIM steps: the
     centroid of the non-background pixels must be nearest the asked position (chance: 1/5)."""
-    from dynagen import synth
+    from dynagen.world import synth
 
     p = tinymodel.load_pipeline(MODEL_DIR)
     combos = [("circle", "red", "white"), ("square", "blue", "beige"), ("star", "yellow", "black"),
