@@ -142,12 +142,12 @@ def run_adaptive(sampler, guidance: float, prompts: list[str], seeds: list[int],
     return np.concatenate(images), np.asarray(steps), evals, time.perf_counter() - t0
 
 
-def heldout_prompts(n: int, exclude: set[str]) -> tuple[list[str], int]:
+def heldout_prompts(n: int, exclude: set[str], seed: int = HELDOUT_PROMPT_SEED) -> tuple[list[str], int]:
     """``n`` fresh prompts of the world's mix not in the calibration set; also how many draws were excluded."""
     from dynagen.world.synth import example_prompts
 
     out, skipped = [], 0
-    for p in example_prompts(n * 20, HELDOUT_PROMPT_SEED):
+    for p in example_prompts(n * 20, seed):
         if p in exclude or p in out:
             skipped += 1
             continue
@@ -231,6 +231,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--stepsaver", default=STEPSAVER)
     ap.add_argument("--signal", default=SIGNAL, help="learned early-stop signal folder ('' = skip those runs)")
     ap.add_argument("--prompts", type=int, default=None)
+    ap.add_argument("--prompt-seed", type=int, default=HELDOUT_PROMPT_SEED,
+                    help="held-out prompt stream; another value gives a fresh validation set (its settings were not "
+                    "chosen on it)")
     ap.add_argument("--seeds", type=int, default=1, help="image seeds per prompt (≥ 2 for the per-prompt oracle)")
     ap.add_argument("--real", type=int, default=N_REAL, help="DiffusionDB prompts to sweep too")
     ap.add_argument("--threads", type=int, default=NUM_THREADS)
@@ -260,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     train_set = set()
     for f in sorted(Path(a.stepsaver).glob("calibration*.parquet")):
         train_set |= set(read_calibration(f).column("prompt").to_pylist())
-    prompts, excluded = heldout_prompts(n, train_set)
+    prompts, excluded = heldout_prompts(n, train_set, a.prompt_seed)
     reals = [p for p in real_prompts(n_real) if p not in train_set]
     all_prompts = prompts + reals
     rows_p = [p for p in all_prompts for _ in range(a.seeds)]
@@ -499,6 +502,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch_threads": a.threads},
         "config": {"model": Path(a.model).name, "model_unet_sha256": model_fingerprint(a.model),
                    "stepsaver": Path(a.stepsaver).name, "scheduler": scheduler, "prompts": len(prompts),
+                   "prompt_seed": a.prompt_seed,
                    "seeds": a.seeds, "real_prompts": len(reals), "heldout_draws_excluded_as_seen": excluded,
                    "grid": grid, "reference_steps": ref_steps, "calibration_threshold": thr,
                    "trained_risk": predictor.config.risk, "batch_size": BATCH_SIZE, "smoke_test": a.smoke_test},
