@@ -204,12 +204,14 @@ class DiffusionCore:
             self.early_stop = EarlyStopSampler(self.pipe, EarlyStopConfig(**{k: v for k, v in given.items() if v is not None}))
         # Adaptive per-sample steps (actors/adaptive.py): the step count becomes each image's cap.
         self.adaptive = None
+        self.sampler_name = scheduler  # what the metadata's scheduler column records
         if adaptive:
             from actors.adaptive import DEFAULT_TOL, AdaptiveError, AdaptiveSampler
 
             if early_stop:
                 raise AdaptiveError("adaptive steps and early stopping are two per-sample rules: choose one")
             self.adaptive = AdaptiveSampler(self.pipe, tol=adaptive_tol if adaptive_tol is not None else DEFAULT_TOL)
+            self.sampler_name = f"adaptive-dpm++2m(tol={self.adaptive.tol:g})"
 
     def generate(
         self, prompts: list[str], seeds: list[int], steps: int, negative_prompts: list[str] | None = None
@@ -260,7 +262,7 @@ class DiffusionCore:
         out = {k: list(v) for k, v in rows.items()}
         out.update(
             image=[b""] * n, width=[self.width] * n, height=[self.height] * n, batch_id=[""] * n,
-            batch_size=[0] * n, latency_ms=[0.0] * n, unet_evals=[0] * n, model=[self.model] * n, scheduler=[self.scheduler] * n,
+            batch_size=[0] * n, latency_ms=[0.0] * n, unet_evals=[0] * n, model=[self.model] * n, scheduler=[self.sampler_name] * n,
             planned_steps=[int(v) for v in rows["steps"]], stopped_early=[False] * n,
         )
         todo = [i for i in range(n) if out["status"][i] == "ok"]

@@ -157,6 +157,13 @@ class ImageSettings(_Section):
             raise ValueError("steps must be 'auto' or an integer in 1..1000")
         return v
 
+    @model_validator(mode="after")
+    def _one_per_sample_rule(self) -> "ImageSettings":
+        # Checked with the settings, so the CLI refuses it in one line before Ray or a model starts.
+        if self.adaptive and self.early_stop:
+            raise ValueError("images.adaptive and images.early_stop are two per-sample rules: choose one")
+        return self
+
 
 class LLMSettings(_Section):
     router: str = Field("learned", description="Router name from the registry (learned, random, ...).")

@@ -106,6 +106,7 @@ def test_diffusion_core_runs_adaptive_steps_with_the_step_count_as_cap():
     assert out["steps"][0] < 30 and out["steps"][1] == 3  # the loose tolerance stops short; the cap binds
     assert out["unet_evals"] == [2 * s for s in out["steps"]]
     assert all(out["image"])
+    assert out["scheduler"] == ["adaptive-dpm++2m(tol=0.05)"] * 2  # the metadata says which sampler ran
     with pytest.raises(AdaptiveError, match="choose one"):
         DiffusionCore(str(COMMITTED), "ddim", adaptive=True, early_stop=True, early_stop_signal=None)
 
@@ -115,3 +116,10 @@ def test_settings_default_tolerance_is_the_samplers():
     from dynagen.core.settings import ImageSettings
 
     assert ImageSettings().adaptive_tol == DEFAULT_TOL
+
+
+def test_adaptive_with_early_stop_is_refused_by_the_settings():
+    from dynagen.core.settings import load_settings
+
+    with pytest.raises(Exception, match="choose one"):
+        load_settings(None, {"images.adaptive": True, "images.early_stop": True}, env={})
