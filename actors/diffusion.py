@@ -221,18 +221,20 @@ class DiffusionCore:
         return self.generate_with_steps(prompts, seeds, steps, negative_prompts)[0]
 
     def generate_with_steps(
-        self, prompts: list[str], seeds: list[int], steps: int, negative_prompts: list[str] | None = None
+        self, prompts: list[str], seeds: list[int], steps: int | list[int], negative_prompts: list[str] | None = None
     ) -> tuple[np.ndarray, list[int], list[bool]]:
-        """Like ``generate``, plus per image the steps actually run and whether it stopped early."""
+        """Like ``generate``, plus per image the steps actually run and whether it stopped early (or, with adaptive
+        steps, took fewer than its cap). A list of per-image ``steps`` is for adaptive steps only."""
         import torch
 
         gens = [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds]
         neg = negative_prompts if negative_prompts and any(negative_prompts) else None
-        if self.adaptive is not None:
-            res = self.adaptive(prompts, gens, self.guidance_scale, neg, max_steps=int(steps))
+        if self.adaptive is not None:  # ``steps``: one cap, or one per image
+            caps = np.broadcast_to(np.asarray(steps, dtype=int), (len(prompts),))
+            res = self.adaptive(prompts, gens, self.guidance_scale, neg, max_steps=caps)
             self.batches_run += 1
             images = (np.clip(res.images, 0, 1) * 255).round().astype(np.uint8)
-            return images, res.steps_run, [ran < int(steps) for ran in res.steps_run]
+            return images, res.steps_run, [ran < cap for ran, cap in zip(res.steps_run, caps.tolist())]
         if self.early_stop is not None:
             res = self.early_stop(prompts, gens, int(steps), self.guidance_scale, neg)
             self.batches_run += 1
@@ -266,9 +268,14 @@ class DiffusionCore:
             planned_steps=[int(v) for v in rows["steps"]], stopped_early=[False] * n,
         )
         todo = [i for i in range(n) if out["status"][i] == "ok"]
-        for batch in plan_batches([int(out["steps"][i]) for i in todo], self.batch_size):
+        adaptive = self.adaptive is not None
+        # Adaptive steps take each row's count as its own cap, so rows of any count share a batch (full batches);
+        # otherwise a batch holds one step count.
+        batches = ([list(range(s, min(s + self.batch_size, len(todo)))) for s in range(0, len(todo), self.batch_size)]
+                   if adaptive else plan_batches([int(out["steps"][i]) for i in todo], self.batch_size))
+        for batch in batches:
             idx = [todo[j] for j in batch]
-            steps = int(out["steps"][idx[0]])
+            steps = [int(out["steps"][i]) for i in idx] if adaptive else int(out["steps"][idx[0]])
             batch_id = f"{self._tag}-{self.batches_run:06d}"
             t0, evals0 = time.perf_counter(), self.counter.evals
             try:

@@ -107,6 +107,7 @@ def test_diffusion_core_runs_adaptive_steps_with_the_step_count_as_cap():
     assert out["unet_evals"] == [2 * s for s in out["steps"]]
     assert all(out["image"])
     assert out["scheduler"] == ["adaptive-dpm++2m(tol=0.05)"] * 2  # the metadata says which sampler ran
+    assert out["batch_id"][0] == out["batch_id"][1]  # rows of different counts share a batch: each has its cap
     with pytest.raises(AdaptiveError, match="choose one"):
         DiffusionCore(str(COMMITTED), "ddim", adaptive=True, early_stop=True, early_stop_signal=None)
 
