@@ -12,6 +12,9 @@ One process, one machine, the same held-out prompts and seeds for every run:
    the signal ends each sample once its x̂0 would already pass. Each (row, budget) runs once with stopping off,
    recording every check and scoring its decoded x̂0; every signal level is replayed from that run (a sample's stop
    depends only on its own checks, a tested property). One timed run with the real sampler checks the replay.
+3b. **Adaptive per-sample steps** (``actors/adaptive.py``) at several tolerances, and the fixed DPM-Solver++(2M)
+   curve (the solver adaptive steps are built on), scored against the same references: what per-sample step sizes
+   buy over fixed counts of the same solver, and over the project's fixed DDIM curve.
 4. **Oracles**: per sample (each image its own fewest count reaching a threshold) and per prompt (the fewest count
    at which every seed of the prompt passes), at several thresholds.
 5. **Headline**: StepSaver's UNet evaluations ÷ the fixed-count curve's, linearly interpolated to the same mean
@@ -25,6 +28,7 @@ Writes a JSON and a PNG plot.
 
     python -m bench.stepsaver                  # 200 held-out prompts + 24 real ones, ~35 min on 2 cores
     python -m bench.stepsaver --smoke-test     # 6 prompts, a minute
+    python -m bench.stepsaver --prompt-seed 123457 --prompts 120 --real 0 --signal ''   # fresh validation set
 """
 
 from __future__ import annotations
