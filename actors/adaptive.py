@@ -119,21 +119,17 @@ class AdaptiveSampler:
         """Sample ``prompts`` (one torch.Generator each). ``tol``/``max_steps``: one value or one per prompt."""
         import torch
 
-        from actors.early_stop import EarlyStopSampler
+        from actors.early_stop import decode_latents, encode_prompt, prepare_latents
 
         pipe, sch = self.pipe, self.schedule
-        # Prompt encoding, initial latents and decoding are the early-stop sampler's (each one the pipeline's own call,
-        # tested there to match it): borrowed without its scheduler check, which adaptive steps do not need.
-        helper = EarlyStopSampler.__new__(EarlyStopSampler)
-        helper.pipe = pipe
         n = len(prompts)
         tol_v = np.broadcast_to(np.asarray(self.tol if tol is None else tol, dtype=float), (n,)).copy()
         cap = np.broadcast_to(np.asarray(self.max_steps if max_steps is None else max_steps, dtype=int), (n,)).copy()
         cfg = guidance_scale > 1
         with torch.inference_mode():
             # 1. Encode prompts, draw the initial noise (same seed ⇒ same noise as the pipeline)
-            cond, uncond = helper.encode_prompt(list(prompts), list(negative_prompts) if negative_prompts else None, cfg)
-            x = helper.prepare_latents(n, generators, cond.dtype)
+            cond, uncond = encode_prompt(pipe, list(prompts), list(negative_prompts) if negative_prompts else None, cfg)
+            x = prepare_latents(pipe, n, generators, cond.dtype)
             # 2. Per-sample state: λ now, previous step and x̂0, steps taken
             lam = np.full(n, sch.lam_start)
             h_prev = np.zeros(n)
@@ -185,5 +181,5 @@ class AdaptiveSampler:
                     final[j] = x[j]
                 active = active[~done]
             # 6. Decode in batch order, as the pipeline does
-            images = helper.decode(torch.stack(final), generators)
+            images = decode_latents(pipe, torch.stack(final), generators)
         return AdaptiveOutput(images=images, steps_run=steps.tolist(), unet_evals=evals)

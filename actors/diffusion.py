@@ -138,6 +138,11 @@ def load_pipeline(path: str | Path, scheduler: str = "ddim", device: str = "cpu"
     return pipe.to(device)
 
 
+def to_uint8(images: np.ndarray) -> np.ndarray:
+    """Float images in [0, 1] (the pipeline's ``output_type="np"``) → uint8, rounded as PNG encoders expect."""
+    return (np.clip(images, 0, 1) * 255).round().astype(np.uint8)
+
+
 class UNetCounter:
     """Counts UNet evaluations per sample (a CFG batch of 2×B counts 2×B) via a forward hook."""
 
@@ -233,12 +238,11 @@ class DiffusionCore:
             caps = np.broadcast_to(np.asarray(steps, dtype=int), (len(prompts),))
             res = self.adaptive(prompts, gens, self.guidance_scale, neg, max_steps=caps)
             self.batches_run += 1
-            images = (np.clip(res.images, 0, 1) * 255).round().astype(np.uint8)
-            return images, res.steps_run, [ran < cap for ran, cap in zip(res.steps_run, caps.tolist())]
+            return to_uint8(res.images), res.steps_run, [ran < cap for ran, cap in zip(res.steps_run, caps.tolist())]
         if self.early_stop is not None:
             res = self.early_stop(prompts, gens, int(steps), self.guidance_scale, neg)
             self.batches_run += 1
-            return (np.clip(res.images, 0, 1) * 255).round().astype(np.uint8), res.steps_run, res.stopped_early
+            return to_uint8(res.images), res.steps_run, res.stopped_early
         with torch.inference_mode():
             out = self.pipe(
                 prompt=list(prompts),
@@ -251,7 +255,7 @@ class DiffusionCore:
                 output_type="np",
             ).images
         self.batches_run += 1
-        return (np.clip(out, 0, 1) * 255).round().astype(np.uint8), [int(steps)] * len(seeds), [False] * len(seeds)
+        return to_uint8(out), [int(steps)] * len(seeds), [False] * len(seeds)
 
     def run(self, rows: dict[str, list]) -> dict[str, list]:
         """Generate every row with status 'ok'; rows already failed pass through untouched.

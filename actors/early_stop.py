@@ -257,6 +257,32 @@ def keep_scheduler_rows(scheduler, keep) -> None:
         scheduler.model_outputs = [m[keep] if m is not None else None for m in history]
 
 
+# The pipeline's own calls for the parts of sampling a per-sample loop does not change (this sampler and
+# actors/adaptive.py): prompt encoding, initial noise, decoding. Same inputs ⇒ the pipeline's tensors.
+
+
+def encode_prompt(pipe, prompts: list[str], negative_prompts: list[str] | None, cfg: bool):
+    """(B, L, D) cond and uncond embeddings, once per batch (the pipeline's own encoder call)."""
+    return pipe.encode_prompt(prompts, pipe._execution_device, 1, cfg, negative_prompts)
+
+
+def prepare_latents(pipe, n: int, generators: list, dtype):
+    """Initial noise for ``n`` samples, one generator each: same seed ⇒ same noise at any batch composition."""
+    size = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    return pipe.prepare_latents(n, pipe.unet.config.in_channels, size, size, dtype, pipe._execution_device, generators,
+                                None)
+
+
+def decode_latents(pipe, latents, generators: list | None = None) -> np.ndarray:
+    """Latents (B, C, h, w) → float images (B, H, W, 3) in [0, 1], as the pipeline decodes them."""
+    import torch
+
+    with torch.inference_mode():
+        image = pipe.vae.decode(latents / pipe.vae.config.scaling_factor, return_dict=False, generator=generators)[0]
+        keep_colours = [True] * image.shape[0]  # no safety checker: every image is denormalized
+        return pipe.image_processor.postprocess(image, output_type="np", do_denormalize=keep_colours)
+
+
 # 2. The sampler ----------------------------------------------------------------------------------------------
 
 
@@ -267,19 +293,6 @@ class EarlyStopSampler:
         check_scheduler(pipe.scheduler)
         self.pipe = pipe
         self.config = config or EarlyStopConfig()
-
-    def encode_prompt(self, prompts: list[str], negative_prompts: list[str] | None, cfg: bool):
-        """(B, L, D) cond and uncond embeddings, once per batch (the pipeline's own encoder call)."""
-        cond, uncond = self.pipe.encode_prompt(
-            prompts, self.pipe._execution_device, 1, cfg, negative_prompts
-        )
-        return cond, uncond
-
-    def prepare_latents(self, n: int, generators: list, dtype):
-        size = self.pipe.unet.config.sample_size * self.pipe.vae_scale_factor
-        return self.pipe.prepare_latents(
-            n, self.pipe.unet.config.in_channels, size, size, dtype, self.pipe._execution_device, generators, None
-        )
 
     def guided_prediction(self, latents, t, cond, uncond, guidance_scale: float):
         """UNet on the active samples only; with CFG the batch is [uncond; cond] of the active part (2×active)."""
@@ -294,17 +307,6 @@ class EarlyStopSampler:
             return pred
         pred_uncond, pred_text = pred.chunk(2)
         return pred_uncond + guidance_scale * (pred_text - pred_uncond)
-
-    def decode(self, latents, generators: list | None = None) -> np.ndarray:
-        """Latents (B, C, h, w) → float images (B, H, W, 3) in [0, 1], as the pipeline decodes them."""
-        import torch
-
-        with torch.inference_mode():
-            image = self.pipe.vae.decode(
-                latents / self.pipe.vae.config.scaling_factor, return_dict=False, generator=generators
-            )[0]
-            keep_colours = [True] * image.shape[0]  # no safety checker: every image is denormalized
-            return self.pipe.image_processor.postprocess(image, output_type="np", do_denormalize=keep_colours)
 
     def __call__(
         self,
@@ -326,12 +328,12 @@ class EarlyStopSampler:
         cfg = guidance_scale > 1 and pipe.unet.config.time_cond_proj_dim is None
         with torch.inference_mode():
             # 1. Encode prompts once; later steps index the active rows
-            cond, uncond = self.encode_prompt(list(prompts), list(negative_prompts) if negative_prompts else None, cfg)
+            cond, uncond = encode_prompt(pipe, list(prompts), list(negative_prompts) if negative_prompts else None, cfg)
             # 2. Timesteps (this also resets the scheduler's step index and history)
             sched.set_timesteps(int(steps), device=pipe._execution_device)
             timesteps = sched.timesteps
             # 3. Initial noise, per-sample generators: same seed ⇒ same noise at any batch composition
-            latents = self.prepare_latents(n, generators, cond.dtype)
+            latents = prepare_latents(pipe, n, generators, cond.dtype)
             extra = pipe.prepare_extra_step_kwargs(generators, 0.0)
             # 4. Denoise; `active` maps the rows of `latents` to batch indices
             active = torch.arange(n)
@@ -377,5 +379,5 @@ class EarlyStopSampler:
             for r, j in enumerate(active.tolist()):
                 final[j] = latents[r]
             # 7. Decode all together in batch order (the pipeline decodes one batch too)
-            images = self.decode(torch.stack(final), generators)
+            images = decode_latents(pipe, torch.stack(final), generators)
         return EarlyStopOutput(images=images, steps_run=steps_run, stopped_early=stopped, unet_evals=evals)

@@ -135,12 +135,14 @@ def run_adaptive(sampler, guidance: float, prompts: list[str], seeds: list[int],
     """Adaptive per-sample steps over rows in batches: (uint8 images, steps per row, UNet evals, wall seconds)."""
     import torch
 
+    from actors.diffusion import to_uint8
+
     images, steps, evals, t0 = [], [], 0, time.perf_counter()
     for s in range(0, len(prompts), batch_size):
         gens = [torch.Generator().manual_seed(int(x)) for x in seeds[s:s + batch_size]]
         cap = None if caps is None else np.asarray(caps[s:s + batch_size])
         out = sampler(prompts[s:s + batch_size], gens, guidance, tol=tol, max_steps=cap)
-        images.append((np.clip(out.images, 0, 1) * 255).round().astype(np.uint8))
+        images.append(to_uint8(out.images))
         steps += out.steps_run
         evals += out.unet_evals
     return np.concatenate(images), np.asarray(steps), evals, time.perf_counter() - t0

@@ -108,19 +108,17 @@ def start_run_record(storage: Storage, summary) -> None:
     write_run_record(storage, summary)
 
 
-class ImageSink(Datasink):
-    """Writes images + metadata to a Storage root; the driver side writes ``runs/<run_id>.json`` (start, then the
-    summary). After the write, ``thumbs`` holds the contact-sheet samples the pipeline's report shows."""
+class _RunSink(Datasink):
+    """The driver side both sinks share: ``runs/<run_id>.json`` is written at the start (status running), by
+    ``finish`` (ok) or by ``fail`` (failed, with the cause). Subclasses give ``finish``, ``write`` and ``totals``
+    (the destination's ok/failed counts, read for a failed run's summary)."""
 
-    def __init__(self, storage: Storage, summary: RunSummary, batch_size: int, ledger=None):
+    def __init__(self, storage: Storage, summary, ledger=None):
         self.storage = storage
         self.summary = summary
-        self.batch_size = batch_size
         self.ledger = ledger
-        self.thumbs: dict[str, list[tuple[str, str, bytes]]] = {}
         self._t0 = time.time()
 
-    # -- on the driver ----------------------------------------------------------------------------------
     def on_write_start(self, schema=None) -> None:
         start_run_record(self.storage, self.summary)
 
@@ -133,7 +131,30 @@ class ImageSink(Datasink):
     def fail(self, error: BaseException) -> None:
         """Record a stopped run in ``runs/<run_id>.json``. Ray hands ``on_write_failed`` its own wrapper (often a bare
         SystemException), so the pipeline calls this again with the exception it caught, whose cause is readable."""
-        write_failed_summary(self.storage, self.summary, error, self._t0, destination_totals)
+        write_failed_summary(self.storage, self.summary, error, self._t0, self.totals)
+
+    def finish(self, returns: Iterable[dict[str, Any]]):
+        raise NotImplementedError
+
+    @staticmethod
+    def totals(storage: Storage) -> tuple[int, int]:
+        raise NotImplementedError
+
+
+class ImageSink(_RunSink):
+    """Writes images + metadata to a Storage root; the driver side writes ``runs/<run_id>.json`` (start, then the
+    summary). After the write, ``thumbs`` holds the contact-sheet samples the pipeline's report shows."""
+
+    @staticmethod
+    def totals(storage: Storage) -> tuple[int, int]:
+        return destination_totals(storage)
+
+    def __init__(self, storage: Storage, summary: RunSummary, batch_size: int, ledger=None):
+        super().__init__(storage, summary, ledger)
+        self.batch_size = batch_size
+        self.thumbs: dict[str, list[tuple[str, str, bytes]]] = {}
+
+    # -- on the driver ----------------------------------------------------------------------------------
 
     def finish(self, returns: Iterable[dict[str, Any]]) -> RunSummary:
         """Aggregate write-task stats and write the summary JSON (status ok); return the summary."""
@@ -323,29 +344,13 @@ def merge_response_stats(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]
     return out
 
 
-class ResponseSink(Datasink):
+class ResponseSink(_RunSink):
     """Writes ``responses/*.parquet`` in write tasks; the driver side writes ``runs/<run_id>.json`` (start record,
     then the summary), with the same lifecycle as :class:`ImageSink`."""
 
-    def __init__(self, storage: Storage, summary: LLMRunSummary, ledger=None):
-        self.storage = storage
-        self.summary = summary
-        self.ledger = ledger
-        self._t0 = time.time()
-
-    def on_write_start(self, schema=None) -> None:
-        start_run_record(self.storage, self.summary)
-
-    def on_write_complete(self, write_result) -> None:
-        self.finish(write_result.write_returns)
-
-    def on_write_failed(self, error: Exception) -> None:
-        self.fail(error)
-
-    def fail(self, error: BaseException) -> None:
-        """Record a stopped run in ``runs/<run_id>.json``. Ray hands ``on_write_failed`` its own wrapper (often a bare
-        SystemException), so the pipeline calls this again with the exception it caught, whose cause is readable."""
-        write_failed_summary(self.storage, self.summary, error, self._t0, response_totals)
+    @staticmethod
+    def totals(storage: Storage) -> tuple[int, int]:
+        return response_totals(storage)
 
     def finish(self, returns: Iterable[dict[str, Any]]) -> LLMRunSummary:
         """Aggregate write-task stats, write the summary JSON; return the summary."""
