@@ -86,6 +86,11 @@ class SeaweedS3:
                              aws_access_key_id=self.access_key, aws_secret_access_key=self.secret_key,
                              config=Config(connect_timeout=1, read_timeout=2, retries={"max_attempts": 1}))
             c.head_bucket(Bucket=self.bucket)
+            # After a restart on existing data the bucket answers before stored objects do (GetObject gave
+            # INTERNAL_FAILURE for a moment): ready means an object already there can be read back too.
+            listed = c.list_objects_v2(Bucket=self.bucket, MaxKeys=1).get("Contents") or []
+            if listed:
+                c.get_object(Bucket=self.bucket, Key=listed[0]["Key"])["Body"].read()
             return True
         except Exception:
             return False
