@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 # Object keys are built from ids, so ids are restricted to a safe alphabet (no '/', no '..', no '%').
@@ -88,6 +89,20 @@ def content_id(*parts: Any) -> str:
     """A stable id from a row's content: reruns and re-reads of the same row get the same id."""
     h = hashlib.sha256("\x1f".join("" if p is None else str(p) for p in parts).encode("utf-8", "surrogatepass"))
     return h.hexdigest()[:20]
+
+
+def file_fingerprint(path) -> str:
+    """sha256 prefix of a file's bytes ('' for a folder or a missing file): artifacts record what they were made from
+    by name and fingerprint, never by a path of the machine."""
+    p = Path(path)
+    return hashlib.sha256(p.read_bytes()).hexdigest()[:16] if p.is_file() else ""
+
+
+def model_fingerprint(model) -> str:
+    """The fingerprint of a diffusers folder's UNet weights ('' if not readable here): tells a stale predictor or
+    signal apart from the model it was calibrated on."""
+    files = sorted(Path(model).glob("unet/*.safetensors")) if Path(model).is_dir() else []
+    return file_fingerprint(files[0]) if files else ""
 
 
 def seed_from_id(row_id: str) -> int:
