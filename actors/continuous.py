@@ -52,6 +52,7 @@ class Finished:
     mean_active: float  # mean active-set size over the ticks it ran: how many samples shared its UNet calls
     first_tick: int
     last_tick: int
+    latency_s: float  # from joining the active set to its decoded image
 
 
 @dataclass
@@ -65,6 +66,7 @@ class _Sample:
     first_tick: int = 0
     active_sum: int = 0
     generator: object = None
+    joined_at: float = 0.0
 
 
 @dataclass
@@ -94,10 +96,13 @@ class ContinuousSampler:
     # 1. Joining: encode the newcomers' prompts together, draw their noise, give each its own scheduler ------------
 
     def _admit(self, reqs: list[Request], tick: int) -> list[_Sample]:
+        import time
+
         import torch
 
         from actors.early_stop import encode_prompt, prepare_latents
 
+        joined = time.perf_counter()
         cfg = self.guidance_scale > 1
         negs = [r.negative_prompt or "" for r in reqs]
         cond, uncond = encode_prompt(self.pipe, [r.prompt for r in reqs], negs if any(negs) else None, cfg)
@@ -112,7 +117,7 @@ class ContinuousSampler:
             if sch.init_noise_sigma != self.pipe.scheduler.init_noise_sigma:  # Euler's depends on the schedule
                 x = x / self.pipe.scheduler.init_noise_sigma * sch.init_noise_sigma
             out.append(_Sample(r, sch, x, cond[j : j + 1], uncond[j : j + 1] if cfg else None,
-                               first_tick=tick, generator=gens[j]))
+                               first_tick=tick, generator=gens[j], joined_at=joined))
         return out
 
     # 2. One tick: one UNet call over the active set, then each sample's own update ---------------------------------
@@ -145,6 +150,8 @@ class ContinuousSampler:
 
         A request with steps < 1 raises ValueError before anything runs.
         """
+        import time
+
         import torch
 
         from actors.diffusion import to_uint8
@@ -173,9 +180,10 @@ class ContinuousSampler:
                     part = leaving[k : k + self.decode_batch]
                     imgs = to_uint8(decode_latents(self.pipe, torch.cat([s.latents for s in part]),
                                                    [s.generator for s in part]))
+                    now = time.perf_counter()
                     for s, img in zip(part, imgs):
                         f = Finished(s.req.key, img, s.step, mult * s.step, s.active_sum / max(1, s.step),
-                                     s.first_tick, tick)
+                                     s.first_tick, tick, now - s.joined_at)
                         done.append(f)
                         if on_finished is not None:
                             on_finished(f)

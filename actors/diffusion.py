@@ -1,7 +1,9 @@
-"""Diffusion actor: a diffusers pipeline that runs rows in batches of one step count.
+"""Diffusion actor: a diffusers pipeline that runs rows in batches of one step count, or continuously batched.
 
 ``DiffusionCore`` is plain Python (no Ray): load once, then ``run(rows)`` groups the rows it is given by
-step count, generates each group in batches of at most ``batch_size`` and returns PNG bytes per row.
+step count, generates each group in batches of at most ``batch_size`` and returns PNG bytes per row. With
+``batching="continuous"`` the rows instead share one active set of ``batch_size`` samples, each on its own step
+count, a finished sample's slot refilled at the next UNet call (``actors/continuous.py``).
 ``DiffusionActor`` is the thin callable class Ray Data's ``map_batches`` holds in an actor pool.
 """
 
@@ -19,6 +21,7 @@ import numpy as np
 
 from dynagen.core.errors import one_line, runtime_error
 from dynagen.core.records import ERROR
+from dynagen.core.settings import BATCHING_NAMES
 
 SCHEDULERS = {
     "ddim": "DDIMScheduler",
@@ -177,6 +180,7 @@ class DiffusionCore:
         early_stop_level: float | None = None,
         adaptive: bool = False,
         adaptive_tol: float | None = None,
+        batching: str = "grouped",
     ):
         import torch
 
@@ -217,6 +221,17 @@ class DiffusionCore:
                 raise AdaptiveError("adaptive steps and early stopping are two per-sample rules: choose one")
             self.adaptive = AdaptiveSampler(self.pipe, tol=adaptive_tol if adaptive_tol is not None else DEFAULT_TOL)
             self.sampler_name = f"adaptive-dpm++2m(tol={self.adaptive.tol:g})"
+        # Continuous batching (actors/continuous.py): rows of any step count share one active set.
+        if batching not in BATCHING_NAMES:
+            raise ValueError(f"unknown batching {batching!r} (choose from {', '.join(BATCHING_NAMES)})")
+        self.continuous = None
+        if batching == "continuous":
+            if early_stop or adaptive:
+                raise ValueError("continuous batching runs fixed per-sample step counts: "
+                                 "it does not combine with early stopping or adaptive steps")
+            from actors.continuous import ContinuousSampler
+
+            self.continuous = ContinuousSampler(self.pipe, self.guidance_scale, max_batch=batch_size)
 
     def generate(
         self, prompts: list[str], seeds: list[int], steps: int, negative_prompts: list[str] | None = None
@@ -272,6 +287,9 @@ class DiffusionCore:
             planned_steps=[int(v) for v in rows["steps"]], stopped_early=[False] * n,
         )
         todo = [i for i in range(n) if out["status"][i] == "ok"]
+        if self.continuous is not None:
+            self._run_continuous(out, todo)
+            return out
         adaptive = self.adaptive is not None
         # Adaptive steps take each row's count as its own cap, so rows of any count share a batch (full batches);
         # otherwise a batch holds one step count.
@@ -303,6 +321,32 @@ class DiffusionCore:
                 out["unet_evals"][i] = evals_per_step * ran
                 out["steps"][i], out["stopped_early"][i] = ran, early
         return out
+
+    def _run_continuous(self, out: dict[str, list], todo: list[int]) -> None:
+        """``run`` for continuous batching: ``batch_id`` names the group a row joined the active set with, and
+        ``batch_size`` is the mean active-set size over the row's UNet calls (how many samples shared them)."""
+        from actors.continuous import Request
+
+        reqs = [Request(i, out["prompt"][i], int(out["seed"][i]), int(out["steps"][i]), out["negative_prompt"][i] or "")
+                for i in todo]
+        finished: set[int] = set()
+
+        def record(f) -> None:
+            i = f.key
+            out["image"][i] = encode_png(f.image)
+            out["batch_id"][i] = f"{self._tag}-c{f.first_tick:06d}"
+            out["batch_size"][i] = int(round(f.mean_active))
+            out["latency_ms"][i], out["unet_evals"][i], out["steps"][i] = f.latency_s * 1000, f.unet_evals, f.steps
+            finished.add(i)
+
+        try:
+            self.continuous.run(reqs, on_finished=record)
+        except Exception as e:  # rows already finished keep their images; the rest are retried by a rerun
+            msg = runtime_error(e)
+            for i in todo:
+                if i not in finished:
+                    out["status"][i], out["error"][i] = ERROR, msg
+        self.batches_run += 1
 
 
 # 3. The Ray Data wrapper ----------------------------------------------------------------------------------
