@@ -315,7 +315,11 @@ def build_app(settings: Settings):
     """The Serve application (Gateway → ImageGenerator) with replicas, CPUs and autoscaling from ``settings.serve``.
 
     Secrets never travel to replicas: the settings payload leaves out the storage keys (the app does not use S3).
+    Raises ValueError (one line) for settings the app cannot honour.
     """
+    if settings.images.batching != "grouped":
+        # Requests joining a running active set need an async scheduler loop in the replica: not built yet.
+        raise ValueError("images.batching=continuous is for batch jobs; Serve batches one step count per batch")
     s = settings.serve
     payload = settings.model_dump_json(exclude=SECRET_FIELDS)
     images = ImageGenerator.options(
