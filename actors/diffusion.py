@@ -257,8 +257,11 @@ class DiffusionCore:
         self.batches_run += 1
         return to_uint8(out), [int(steps)] * len(seeds), [False] * len(seeds)
 
-    def run(self, rows: dict[str, list]) -> dict[str, list]:
+    def run(self, rows: dict[str, list], on_batch=None) -> dict[str, list]:
         """Generate every row with status 'ok'; rows already failed pass through untouched.
+
+        ``on_batch(out, idx)``, if given, is called after each batch (generated or failed) with the row indices
+        it held: the actor wrapper reports progress from it.
 
         ``rows`` has columns id, prompt, negative_prompt, seed, steps, status, error. Adds image (PNG bytes),
         width, height, batch_id, batch_size, latency_ms, unet_evals (measured per row), model, scheduler,
@@ -293,6 +296,8 @@ class DiffusionCore:
                 msg = runtime_error(e)
                 for i in idx:  # a good row the model could not finish: a rerun retries it
                     out["status"][i], out["error"][i] = ERROR, msg
+                if on_batch is not None:
+                    on_batch(out, idx)
                 continue
             ms = (time.perf_counter() - t0) * 1000
             # Measured evals split by steps run: every sample-step costs the same (1, or 2 with CFG).
@@ -302,6 +307,8 @@ class DiffusionCore:
                 out["batch_id"][i], out["batch_size"][i], out["latency_ms"][i] = batch_id, len(idx), ms
                 out["unet_evals"][i] = evals_per_step * ran
                 out["steps"][i], out["stopped_early"][i] = ran, early
+            if on_batch is not None:
+                on_batch(out, idx)
         return out
 
 
@@ -311,10 +318,29 @@ class DiffusionCore:
 class DiffusionActor:
     """Callable class for ``map_batches``: resources and pool size are set where the stage is wired."""
 
-    def __init__(self, **core_kwargs):
+    def __init__(self, progress=None, **core_kwargs):
         self.core = DiffusionCore(**core_kwargs)
+        self.progress = progress  # an actors.progress board handle, or None
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         rows = {k: v.tolist() for k, v in batch.items()}
-        out = self.core.run(rows)
+        if self.progress is not None:
+            self._report_window(rows)
+        out = self.core.run(rows, on_batch=self._report_batch if self.progress is not None else None)
         return {k: np.asarray(v, dtype=object) if k in ("image",) else np.asarray(v) for k, v in out.items()}
+
+    def _report_window(self, rows: dict[str, list]) -> None:
+        from actors.progress import report
+
+        # Planned steps of the whole window on arrival (the work left), and rows failed on input as done.
+        ok = [s == "ok" for s in rows["status"]]
+        report(self.progress, "planned", rows["id"], [int(st) if good else 0 for st, good in zip(rows["steps"], ok)])
+        bad = [i for i, good in zip(rows["id"], ok) if not good]
+        if bad:
+            report(self.progress, "done", bad, [False] * len(bad), [0] * len(bad))
+
+    def _report_batch(self, out: dict[str, list], idx: list[int]) -> None:
+        from actors.progress import report
+
+        report(self.progress, "done", [out["id"][i] for i in idx], [out["status"][i] == "ok" for i in idx],
+               [int(out["steps"][i]) for i in idx])

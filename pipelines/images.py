@@ -23,8 +23,10 @@ def _fixed_steps(batch, steps: int):
     return batch
 
 
-def run(settings: Settings, src: str, dest: str, run_id: str | None = None) -> RunSummary:
-    """Generate images for every prompt in ``src`` into ``dest``; returns the run summary (also written to dest)."""
+def run(settings: Settings, src: str, dest: str, run_id: str | None = None, view=None) -> RunSummary:
+    """Generate images for every prompt in ``src`` into ``dest``; returns the run summary (also written to dest).
+
+    ``view`` (``pipelines.progress.BarView`` / ``LineView``) shows progress in images while the run goes."""
     import ray
 
     from actors import ledger as ledger_mod
@@ -57,8 +59,15 @@ def run(settings: Settings, src: str, dest: str, run_id: str | None = None) -> R
     summary = RunSummary(run_id=run_id, source=src, dest=out.root, bad_shards=bad_shards, started_at=now_iso(),
                          settings=settings_record(settings))
 
-    # 2. Resume: ids already finished in dest are skipped; repeated ids are generated once.
+    # 2. Resume: ids already finished in dest are skipped; repeated ids are generated once. The progress board
+    #    (only with a view) hears planned and finished rows from the diffusion actors.
     ledger = ledger_mod.make_actor(done_ids(out))
+    board = None
+    if view is not None:
+        from actors.progress import make_actor as make_board
+        from pipelines.progress import total_rows
+
+        board = make_board(total_rows(shards, s.limit))
 
     # 3. Read and normalize rows (bad rows become failed rows, they are not dropped).
     ds = read_prompts(shards, fs, s.max_prompt_chars, num_cpus=LIGHT_CPU)
@@ -82,7 +91,7 @@ def run(settings: Settings, src: str, dest: str, run_id: str | None = None) -> R
     ds = ds.map_batches(
         DiffusionActor,
         fn_constructor_kwargs=dict(
-            model=s.model, scheduler=s.scheduler, guidance_scale=s.guidance_scale, batch_size=s.batch_size,
+            progress=board, model=s.model, scheduler=s.scheduler, guidance_scale=s.guidance_scale, batch_size=s.batch_size,
             num_threads=max(1, math.ceil(s.cpus_per_actor)), **s.early_stop_kwargs(),
         ),
         batch_size=s.group_window,
@@ -93,7 +102,16 @@ def run(settings: Settings, src: str, dest: str, run_id: str | None = None) -> R
 
     # 6. Write: the sink records the run's start, then images and metadata, then the run summary.
     sink = ImageSink(out, summary, batch_size=s.batch_size, ledger=ledger)
-    write(ds, sink, run_id, ledger)
+    poller = None
+    if board is not None:
+        from pipelines.progress import Poller
+
+        poller = Poller(board, ledger, view)
+    try:
+        write(ds, sink, run_id, ledger, poller)
+    finally:
+        if board is not None:
+            ray.kill(board)
 
     # 7. Report: the human view, rendered from what the sink committed (a report never exists without its summary).
     write_report(out, sink.summary, sink.thumbs)

@@ -1,0 +1,64 @@
+"""ETA arithmetic and the plain progress line (pure)."""
+
+import pytest
+
+from dynagen.core.progress import (
+    Snapshot, eta_cost, eta_rows, format_duration, progress_details, progress_line, rate, units_left,
+)
+
+
+def test_nothing_done_yet_means_no_eta():
+    s = Snapshot(elapsed_s=5.0, total=10, planned_rows=10, planned_units=100)
+    assert eta_rows(s) is None and eta_cost(s) is None
+    assert progress_line(s) == "images 0/10 · 0 failed · 0 skipped · 0.00 images/s · ETA ?"
+
+
+def test_cost_eta_prices_the_steps_left_not_the_rows_left():
+    # 10 rows: 5 cheap ones (10 steps) done in 50 s, 5 costly ones (50 steps) left.
+    s = Snapshot(elapsed_s=50.0, total=10, done=5, planned_rows=10, planned_units=5 * 10 + 5 * 50,
+                 done_planned_units=50, done_units=50)
+    assert units_left(s) == 250
+    assert eta_rows(s) == pytest.approx(50.0)  # 5 rows × 10 s
+    assert eta_cost(s) == pytest.approx(250.0)  # 250 steps × 1 s
+
+
+def test_rows_not_yet_planned_count_at_the_mean_planned():
+    # 100 rows; 20 planned so far (mean 30 steps), 10 of them done (300 steps in 30 s).
+    s = Snapshot(elapsed_s=30.0, total=100, done=10, planned_rows=20, planned_units=600,
+                 done_planned_units=300, done_units=300)
+    assert units_left(s) == pytest.approx(300 + 80 * 30)
+    assert eta_cost(s) == pytest.approx((300 + 80 * 30) * 0.1)
+
+
+def test_skipped_rows_are_not_work_left():
+    s = Snapshot(elapsed_s=10.0, total=10, done=2, skipped=6, planned_rows=4, planned_units=40,
+                 done_planned_units=20, done_units=20)
+    assert s.left == 2 and s.finished == 8
+    assert eta_cost(s) == pytest.approx(20 * 0.5) and eta_rows(s) == pytest.approx(10.0)
+
+
+def test_unknown_total_and_no_plan_fall_back():
+    assert eta_cost(Snapshot(elapsed_s=10.0, total=None, done=3)) is None
+    # every row failed on input: nothing planned, the rows estimate stands in
+    s = Snapshot(elapsed_s=10.0, total=4, done=2, failed=2)
+    assert eta_cost(s) == eta_rows(s) == pytest.approx(10.0)
+
+
+def test_early_stopped_rows_are_priced_on_their_plan():
+    # Done rows ran 10 of 20 planned steps each: the work left (planned) is priced per planned step.
+    s = Snapshot(elapsed_s=20.0, total=4, done=2, planned_rows=4, planned_units=80, done_planned_units=40,
+                 done_units=20)
+    assert eta_cost(s) == pytest.approx(40 * 0.5)
+
+
+def test_rates_and_durations():
+    assert rate(0, 10) == 0.0 and rate(5, 0) == 0.0 and rate(10, 4) == 2.5
+    assert [format_duration(x) for x in (None, 0, 12.4, 245, 3720)] == ["?", "0s", "12s", "4m05s", "1h02m"]
+
+
+def test_line_in_the_jobs_units():
+    s = Snapshot(elapsed_s=10.0, total=480, done=20, failed=2, skipped=100, planned_rows=120, planned_units=120,
+                 done_planned_units=20, done_units=640)
+    assert progress_line(s, "prompts", "tokens") == (
+        "prompts 120/480 · 2 failed · 100 skipped · 2.00 prompts/s · 64 tokens/s · ETA 3m00s")
+    assert progress_details(s)[-1] == "ETA 3m00s"
