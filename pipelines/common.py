@@ -14,7 +14,6 @@ from dynagen.core.sources import ShardError, check_shard, list_shards
 from dynagen.core.storage import Storage
 
 LIGHT_CPU = 0.25  # read/normalize/claim/write tasks and small actors: never starve the model actors of CPU
-SECRETS = {"storage": {"access_key_id", "secret_access_key"}}
 
 
 class RunError(RuntimeError):
@@ -31,7 +30,9 @@ def now_iso() -> str:
 
 def settings_record(settings: Settings) -> dict[str, Any]:
     """The settings a run summary records: everything but the secrets."""
-    return settings.model_dump(mode="json", exclude=SECRETS)
+    from dynagen.core.settings import secret_exclude
+
+    return settings.model_dump(mode="json", exclude=secret_exclude())
 
 
 def check_inputs(settings: Settings, src: str):
