@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 
+from dynagen.core.fingerprint import artifact_fingerprint, model_fingerprint
 from dynagen.core.records import RunSummary
 from dynagen.core.settings import Settings
 from dynagen.core.sources import read_prompts
@@ -57,7 +58,8 @@ def run(settings: Settings, src: str, dest: str, run_id: str | None = None, view
 
     ensure_ray(settings.ray)
     summary = RunSummary(run_id=run_id, source=src, dest=out.root, bad_shards=bad_shards, started_at=now_iso(),
-                         settings=settings_record(settings))
+                         settings=settings_record(settings), model_fingerprint=model_fingerprint(s.model),
+                         stepsaver_fingerprint=artifact_fingerprint(s.stepsaver) if s.steps == "auto" else "")
 
     # 2. Resume: ids already finished in dest are skipped; repeated ids are generated once. The progress board
     #    (only with a view) hears planned and finished rows from the diffusion actors.

@@ -110,6 +110,12 @@ def test_image_run_reports_progress_in_images(ray_local, tiny_model, tmp_path):
     assert (s.ok, s.failed, s.duplicates) == (13, 3, 1)
     assert lines[-1].startswith("images 17/17 · 3 failed · 1 skipped · ")
     assert lines[-1].endswith("ETA 0s")
+    # The run record of a real run: per step count, failures with reasons, fingerprints (fixed steps: no StepSaver).
+    assert set(s.steps_breakdown) == {"2", "3"} and sum(v["images"] for v in s.steps_breakdown.values()) == 13
+    assert abs(sum(v["unet_share"] for v in s.steps_breakdown.values()) - 1) < 1e-3
+    assert all(v["mean_ms_per_image"] > 0 for v in s.steps_breakdown.values())
+    assert len(s.failures) == 3 and all(f["error"] for f in s.failures)
+    assert len(s.model_fingerprint) == 16 and s.stepsaver_fingerprint == ""
 
     # Resume: nothing reaches a model; the progress says so in images.
     buf2 = io.StringIO()
