@@ -332,8 +332,10 @@ class DiffusionActor:
     def _report_window(self, rows: dict[str, list]) -> None:
         from actors.progress import report
 
-        # Planned steps of the whole window on arrival (the work left), and rows failed on input as done.
+        # Generation starts (the ETA's clock), and rows failed on input are done. Planned steps came from the step
+        # stage; reported again here for rows it did not report (a first report per id stands).
         ok = [s == "ok" for s in rows["status"]]
+        report(self.progress, "start")
         report(self.progress, "planned", rows["id"], [int(st) if good else 0 for st, good in zip(rows["steps"], ok)])
         bad = [i for i, good in zip(rows["id"], ok) if not good]
         if bad:
@@ -343,4 +345,4 @@ class DiffusionActor:
         from actors.progress import report
 
         report(self.progress, "done", [out["id"][i] for i in idx], [out["status"][i] == "ok" for i in idx],
-               [int(out["steps"][i]) for i in idx])
+               [int(out["steps"][i]) for i in idx], float(out["latency_ms"][idx[0]]) / 1000 or None)

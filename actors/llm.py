@@ -248,6 +248,7 @@ class LLMActor:
         if self.progress is not None:  # one unit per prompt: no predictor of response length here
             from actors.progress import report
 
+            report(self.progress, "start")
             report(self.progress, "planned", rows["id"], [1] * len(rows["id"]))
         out = self.core.run(rows)
         if self.progress is not None:

@@ -15,12 +15,16 @@ from dynagen.core.storage import Storage
 from pipelines.common import LIGHT_CPU, RunError, check_inputs, claim_rows, new_run_id, now_iso, settings_record, write
 
 
-def _fixed_steps(batch, steps: int):
+def _fixed_steps(batch, steps: int, progress=None):
     import numpy as np
 
     batch["predicted_steps"] = np.zeros(len(batch["id"]), dtype=np.int64)
     override = batch["steps"].astype(np.int64)
     batch["steps"] = np.where(override > 0, override, steps)
+    if progress is not None:
+        from actors.progress import report_planned
+
+        report_planned(progress, batch)
     return batch
 
 
@@ -62,7 +66,7 @@ def run(settings: Settings, src: str, dest: str, run_id: str | None = None, view
                          stepsaver_fingerprint=artifact_fingerprint(s.stepsaver) if s.steps == "auto" else "")
 
     # 2. Resume: ids already finished in dest are skipped; repeated ids are generated once. The progress board
-    #    (only with a view) hears planned and finished rows from the diffusion actors.
+    #    (only with a view) hears planned steps from the step stage and finished rows from the diffusion actors.
     ledger = ledger_mod.make_actor(done_ids(out))
     board = None
     if view is not None:
@@ -82,11 +86,11 @@ def run(settings: Settings, src: str, dest: str, run_id: str | None = None, view
         from actors.stepsaver import StepSaverActor
 
         ds = ds.map_batches(
-            StepSaverActor, fn_constructor_kwargs={"path": s.stepsaver}, batch_size=256,
+            StepSaverActor, fn_constructor_kwargs={"path": s.stepsaver, "progress": board}, batch_size=256,
             compute=ray.data.ActorPoolStrategy(min_size=1, max_size=1), num_cpus=LIGHT_CPU,
         )
     else:
-        ds = ds.map_batches(_fixed_steps, fn_kwargs={"steps": int(s.steps)}, num_cpus=LIGHT_CPU)
+        ds = ds.map_batches(_fixed_steps, fn_kwargs={"steps": int(s.steps), "progress": board}, num_cpus=LIGHT_CPU)
 
     # 5. Generate: each actor call takes a window of rows and runs it in single-step-count batches. With early
     #    stopping a row's step count is its budget; converged images leave their batch sooner.

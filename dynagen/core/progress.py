@@ -3,9 +3,9 @@
 A :class:`Snapshot` is what the run's progress board knows at one moment: rows in the input, rows finished,
 failed and skipped, and per row the work it was planned (denoising steps for images, 1 per prompt for the LLM
 job). :func:`eta_cost` turns it into a time left that knows the work left — Σ planned units of the rows not yet
-done × measured seconds per unit — and :func:`eta_rows` is the naive rows-left × mean-seconds-per-row it is
-compared with (``bench/eta.py``). Rows the board has not seen planned yet (still being read or predicted) are
-counted at the mean planned units so far.
+done × measured seconds per unit — and :func:`eta_fit` refines it with a per-row cost fitted to the finished
+batches; :func:`eta_rows` is the naive rows-left × mean-seconds-per-row they are compared with (``bench/eta.py``).
+Rows the board has not seen planned yet (still being read or predicted) are counted at the mean planned so far.
 """
 
 from __future__ import annotations
@@ -26,6 +26,9 @@ class Snapshot:
     planned_units: float = 0.0  # Σ planned units over those rows
     done_planned_units: float = 0.0  # Σ planned units over the finished rows
     done_units: float = 0.0  # Σ units actually run over the finished rows (steps taken, tokens generated)
+    # Per finished batch r = rows, u = planned units, t = seconds; summed: (Σr², Σru, Σu², Σrt, Σut, Σt). Empty when
+    # the actors report no batch times.
+    batch_sums: tuple[float, ...] = ()
 
     @property
     def left(self) -> int | None:
@@ -73,6 +76,37 @@ def eta_cost(s: Snapshot) -> float | None:
     return left * s.elapsed_s / s.done_planned_units
 
 
+def batch_cost(s: Snapshot) -> tuple[float, float] | None:
+    """Seconds per row and per planned unit, least squares over the finished batches (t ≈ a·rows + b·units): a
+    batch pays per image (text encoding, VAE decode, PNG) besides per step, so pricing steps alone overcharges
+    costly rows when cheap ones came first. Degenerate data (one step count so far) or a negative term → one term.
+    None without batch times."""
+    if len(s.batch_sums) != 6 or s.batch_sums[5] <= 0:
+        return None
+    rr, ru, uu, rt, ut, _ = s.batch_sums
+    det = rr * uu - ru * ru
+    if det > 1e-6 * rr * uu:
+        a, b = (rt * uu - ut * ru) / det, (ut * rr - rt * ru) / det
+        if a >= 0 and b >= 0:
+            return a, b
+    return (0.0, ut / uu) if uu > 0 else (rt / rr, 0.0)
+
+
+def eta_fit(s: Snapshot) -> float | None:
+    """ETA from :func:`batch_cost`: (a·rows left + b·planned units left) in model time, scaled by wall time over
+    model time so far (gaps, writes, several actors in parallel). Falls back to :func:`eta_cost`."""
+    fit, left, units = batch_cost(s), s.left, units_left(s)
+    if fit is None or left is None or units is None or s.elapsed_s <= 0:
+        return eta_cost(s)
+    a, b = fit
+    return (a * left + b * units) * s.elapsed_s / s.batch_sums[5]
+
+
+def eta(s: Snapshot) -> float | None:
+    """The ETA a person sees: the batch-cost fit when batch times are known, else steps left × s/step, else rows."""
+    return eta_fit(s)
+
+
 def format_duration(seconds: float | None) -> str:
     """``1h02m``, ``4m05s``, ``12s``; ``?`` when unknown."""
     if seconds is None:
@@ -93,7 +127,7 @@ def progress_details(s: Snapshot, noun: str = "images", unit_name: str | None = 
     parts = [f"{s.failed} failed", f"{s.skipped} skipped", f"{rate(s.done, s.elapsed_s):.2f} {noun}/s"]
     if unit_name:
         parts.append(f"{rate(s.done_units, s.elapsed_s):.0f} {unit_name}/s")
-    parts.append(f"ETA {format_duration(eta_cost(s))}")
+    parts.append(f"ETA {format_duration(eta(s))}")
     return parts
 
 

@@ -123,3 +123,19 @@ def test_image_run_reports_progress_in_images(ray_local, tiny_model, tmp_path):
     run(settings(tiny_model), str(tmp_path / "in"), str(tmp_path / "out"), view=view2)
     assert buf2.getvalue().splitlines()[-1].startswith("images 17/17 · 0 failed · 17 skipped")
     assert json.loads(next((tmp_path / "out" / "runs").glob("*.json")).read_text())["status"] == "ok"
+
+
+def test_llm_run_reports_progress_in_prompts_and_tokens(ray_local, tmp_path):
+    from test_llm import settings, write_shards
+
+    from pipelines.llm import run
+
+    write_shards(tmp_path / "in")
+    buf = io.StringIO()
+    view = LineView(Console(file=buf, force_terminal=False, width=200), "prompts", unit_name="tokens", every_s=3600)
+    s = run(settings(), str(tmp_path / "in"), str(tmp_path / "out"), view=view)
+    assert (s.ok, s.failed, s.duplicates) == (37, 2, 1)
+    last = buf.getvalue().splitlines()[-1]
+    # 40 input rows: 37 answered, 2 failed before routing, 1 repeated id.
+    assert last.startswith("prompts 40/40 · 2 failed · 1 skipped · ") and " tokens/s · ETA 0s" in last
+    assert re.search(r"· [1-9]\d* tokens/s", last)  # tokens were counted

@@ -3,8 +3,18 @@
 import pytest
 
 from dynagen.core.progress import (
-    Snapshot, eta_cost, eta_rows, format_duration, progress_details, progress_line, rate, units_left,
+    Snapshot, batch_cost, eta, eta_cost, eta_fit, eta_rows, format_duration, progress_details, progress_line, rate,
+    units_left,
 )
+
+
+def sums(batches):
+    """(rows, planned units, seconds) per batch → Snapshot.batch_sums."""
+    out = [0.0] * 6
+    for r, u, t in batches:
+        for k, v in enumerate((r * r, r * u, u * u, r * t, u * t, t)):
+            out[k] += v
+    return tuple(out)
 
 
 def test_nothing_done_yet_means_no_eta():
@@ -62,3 +72,29 @@ def test_line_in_the_jobs_units():
     assert progress_line(s, "prompts", "tokens") == (
         "prompts 120/480 · 2 failed · 100 skipped · 2.00 prompts/s · 64 tokens/s · ETA 3m00s")
     assert progress_details(s)[-1] == "ETA 3m00s"
+
+
+def test_fit_separates_per_image_and_per_step_cost():
+    # Batches cost 0.5 s per image + 0.1 s per step: 8 images × 10 steps = 12 s, 8 × 30 = 28 s, 4 × 10 = 6 s.
+    b = sums([(8, 80, 12.0), (8, 240, 28.0), (4, 40, 6.0)])
+    a, c = batch_cost(Snapshot(elapsed_s=46.0, total=None, batch_sums=b))
+    assert a == pytest.approx(0.5) and c == pytest.approx(0.1)
+    # Cheap rows done first (8 × 10 steps in 12 s); left: 8 rows × 30 steps → 8·0.5 + 240·0.1 = 28 s of model time.
+    s = Snapshot(elapsed_s=24.0, total=16, done=8, planned_rows=16, planned_units=320, done_planned_units=80,
+                 done_units=80, batch_sums=sums([(8, 80, 12.0), (4, 40, 6.0)]))
+    # one step count so far: no way to split the cost, per-step pricing (0.15 s/step) stands
+    assert batch_cost(s) == (0.0, pytest.approx(0.15))
+    s = Snapshot(elapsed_s=46.0 * 2, total=28, done=20, planned_rows=28, planned_units=360 + 8 * 30,
+                 done_planned_units=360, done_units=360, batch_sums=b)
+    # model time left 28 s; wall runs 2× model time here (gaps, writes) → 56 s
+    assert eta_fit(s) == pytest.approx(56.0) and eta(s) == eta_fit(s)
+    assert eta_cost(s) == pytest.approx(240 * 92 / 360)  # steps alone: 61.3 s
+
+
+def test_fit_falls_back_without_batch_times_or_with_a_negative_term():
+    s = Snapshot(elapsed_s=50.0, total=10, done=5, planned_rows=10, planned_units=300, done_planned_units=50,
+                 done_units=50)
+    assert eta_fit(s) == eta_cost(s)
+    # time falling with rows (noise): the per-image term would be negative → per step only
+    b = sums([(8, 80, 10.0), (2, 80, 12.0)])
+    assert batch_cost(Snapshot(elapsed_s=22.0, total=None, batch_sums=b))[0] == 0.0
