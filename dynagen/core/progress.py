@@ -59,6 +59,8 @@ def units_left(s: Snapshot) -> float | None:
 
 def eta_rows(s: Snapshot) -> float | None:
     """Naive ETA: rows left × the mean seconds per finished row. None until a row is done."""
+    if s.left == 0:
+        return 0.0
     if s.left is None or s.done == 0 or s.elapsed_s <= 0:
         return None
     return s.left * s.elapsed_s / s.done
@@ -71,6 +73,8 @@ def eta_cost(s: Snapshot) -> float | None:
     before their budget (early stopping, adaptive caps) is priced consistently. Falls back to :func:`eta_rows`
     when no plan is known (e.g. every row failed on input)."""
     left = units_left(s)
+    if s.left == 0:
+        return 0.0
     if left is None or s.done_planned_units <= 0 or s.elapsed_s <= 0:
         return eta_rows(s)
     return left * s.elapsed_s / s.done_planned_units
@@ -124,6 +128,8 @@ def format_duration(seconds: float | None) -> str:
 def progress_details(s: Snapshot, noun: str = "images", unit_name: str | None = None) -> list[str]:
     """Everything but the count, e.g. ``["2 failed", "10 skipped", "1.90 images/s", "ETA 3m05s"]``;
     ``unit_name`` adds a units rate (``tokens`` → ``"310 tokens/s"``)."""
+    if s.elapsed_s <= 0 and s.done == 0 and s.left != 0:  # no model started yet: rates and ETA would be noise
+        return [f"{s.skipped} skipped", "starting (loading models)"]
     parts = [f"{s.failed} failed", f"{s.skipped} skipped", f"{rate(s.done, s.elapsed_s):.2f} {noun}/s"]
     if unit_name:
         parts.append(f"{rate(s.done_units, s.elapsed_s):.0f} {unit_name}/s")

@@ -37,3 +37,22 @@ def test_board_sums_batch_times_for_the_cost_fit():
     b.done(["a", "b"], [True, True], [10, 10], seconds=3.0)  # a retried batch adds nothing
     b.done(["c"], [True], [30], seconds=None)  # no time: counted, not fitted
     assert b.snapshot()["batch_sums"] == (4.0, 40.0, 400.0, 6.0, 60.0, 3.0)
+
+
+def test_reports_reach_a_board_actor_and_a_lost_board_is_ignored(ray_local):
+    import numpy as np
+    import ray
+
+    from actors.progress import make_actor, report, report_planned
+
+    board = make_actor(3)
+    batch = {"id": np.asarray(["a", "b", "c"]), "status": np.asarray(["ok", "failed", "ok"]),
+             "steps": np.asarray([20, 0, 40])}
+    report_planned(board, batch)  # what the step stage sends: failed rows plan nothing
+    report(board, "start")
+    report(board, "done", ["a"], [True], [20], 1.5)
+    snap = ray.get(board.snapshot.remote())
+    assert (snap["planned_rows"], snap["planned_units"], snap["done"], snap["done_planned_units"]) == (3, 60.0, 1, 20.0)
+    assert snap["batch_sums"][5] == 1.5
+    ray.kill(board)
+    report(board, "done", ["c"], [True], [40])  # the run is over: progress never fails it

@@ -36,7 +36,7 @@ def test_plain_lines_every_interval_and_a_final_one():
     view.close()
     lines = buf.getvalue().splitlines()
     assert lines == [
-        "images 0/10 · 0 failed · 0 skipped · 0.00 images/s · ETA ?",
+        "images 0/10 · 0 skipped · starting (loading models)",
         "images 5/10 · 0 failed · 0 skipped · 0.50 images/s · ETA 10s",
         "images 9/10 · 1 failed · 0 skipped · 0.53 images/s · ETA 2s",
     ]

@@ -113,7 +113,10 @@ def job_payload(settings: "Settings", root: Path | None = None) -> tuple[str, di
     """
     import json
 
-    data: dict[str, Any] = settings.model_dump(mode="json", exclude_unset=True)
+    # The Serve key is not a batch job's business (dumped, it would arrive as '**********' and fail validation).
+    data: dict[str, Any] = settings.model_dump(mode="json", exclude_unset=True, exclude={"serve": {"api_key"}})
+    if not data.get("serve", True):
+        data.pop("serve")
     storage = data.setdefault("storage", {})
     env: dict[str, str] = {}
     for key, env_name in (("access_key_id", "AWS_ACCESS_KEY_ID"), ("secret_access_key", "AWS_SECRET_ACCESS_KEY")):

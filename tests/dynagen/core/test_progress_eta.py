@@ -21,6 +21,11 @@ def test_nothing_done_yet_means_no_eta():
     s = Snapshot(elapsed_s=5.0, total=10, planned_rows=10, planned_units=100)
     assert eta_rows(s) is None and eta_cost(s) is None
     assert progress_line(s) == "images 0/10 · 0 failed · 0 skipped · 0.00 images/s · ETA ?"
+    assert progress_line(Snapshot(elapsed_s=0.0, total=10, skipped=4)) == \
+        "images 4/10 · 4 skipped · starting (loading models)"
+    # a resumed run with nothing left: done, not "starting"
+    assert progress_line(Snapshot(elapsed_s=0.0, total=10, skipped=10)) == \
+        "images 10/10 · 0 failed · 10 skipped · 0.00 images/s · ETA 0s"
 
 
 def test_cost_eta_prices_the_steps_left_not_the_rows_left():
