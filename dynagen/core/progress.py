@@ -10,6 +10,7 @@ Rows the board has not seen planned yet (still being read or predicted) are coun
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 
@@ -83,23 +84,31 @@ def eta_cost(s: Snapshot) -> float | None:
 def batch_cost(s: Snapshot) -> tuple[float, float] | None:
     """Seconds per row and per planned unit, least squares over the finished batches (t ≈ a·rows + b·units): a
     batch pays per image (text encoding, VAE decode, PNG) besides per step, so pricing steps alone overcharges
-    costly rows when cheap ones came first. Degenerate data (one step count so far) or a negative term → one term.
-    None without batch times."""
+    costly rows when cheap ones came first. A negative term → the other term alone. None without batch times, or
+    while the split is not identifiable (every batch so far had the same steps per row)."""
     if len(s.batch_sums) != 6 or s.batch_sums[5] <= 0:
         return None
     rr, ru, uu, rt, ut, _ = s.batch_sums
     det = rr * uu - ru * ru
-    if det > 1e-6 * rr * uu:
-        a, b = (rt * uu - ut * ru) / det, (ut * rr - rt * ru) / det
-        if a >= 0 and b >= 0:
-            return a, b
-    return (0.0, ut / uu) if uu > 0 else (rt / rr, 0.0)
+    if det <= 1e-6 * rr * uu:
+        return None
+    a, b = (rt * uu - ut * ru) / det, (ut * rr - rt * ru) / det
+    if a >= 0 and b >= 0:
+        return a, b
+    return (0.0, ut / uu) if a < 0 else (rt / rr, 0.0)
 
 
 def eta_fit(s: Snapshot) -> float | None:
     """ETA from :func:`batch_cost`: (a·rows left + b·planned units left) in model time, scaled by wall time over
-    model time so far (gaps, writes, several actors in parallel). Falls back to :func:`eta_cost`."""
+    model time so far (gaps, writes, several actors in parallel). While the split is not identifiable (one step
+    count so far) the truth lies between pricing rows alone and steps alone: their geometric mean. Without batch
+    times, :func:`eta_cost`."""
+    if s.left == 0:
+        return 0.0
     fit, left, units = batch_cost(s), s.left, units_left(s)
+    if fit is None and len(s.batch_sums) == 6:
+        rows, steps = eta_rows(s), eta_cost(s)
+        return math.sqrt(rows * steps) if rows is not None and steps is not None else steps
     if fit is None or left is None or units is None or s.elapsed_s <= 0:
         return eta_cost(s)
     a, b = fit

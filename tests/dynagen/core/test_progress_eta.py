@@ -87,8 +87,11 @@ def test_fit_separates_per_image_and_per_step_cost():
     # Cheap rows done first (8 × 10 steps in 12 s); left: 8 rows × 30 steps → 8·0.5 + 240·0.1 = 28 s of model time.
     s = Snapshot(elapsed_s=24.0, total=16, done=8, planned_rows=16, planned_units=320, done_planned_units=80,
                  done_units=80, batch_sums=sums([(8, 80, 12.0), (4, 40, 6.0)]))
-    # one step count so far: no way to split the cost, per-step pricing (0.15 s/step) stands
-    assert batch_cost(s) == (0.0, pytest.approx(0.15))
+    # one step count so far: no way to split the cost; the ETA takes the geometric mean of rows alone (8 × 3 s = 24 s)
+    # and steps alone (240 × 0.3 s = 72 s): 41.6 s; the truth (28 s of model time × 24/18 wall/model = 37.3 s) lies between
+    assert batch_cost(s) is None
+    assert eta_rows(s) == pytest.approx(24.0) and eta_cost(s) == pytest.approx(72.0)
+    assert eta_fit(s) == pytest.approx((24.0 * 72.0) ** 0.5)
     s = Snapshot(elapsed_s=46.0 * 2, total=28, done=20, planned_rows=28, planned_units=360 + 8 * 30,
                  done_planned_units=360, done_units=360, batch_sums=b)
     # model time left 28 s; wall runs 2× model time here (gaps, writes) → 56 s
