@@ -134,3 +134,13 @@ def test_the_key_never_reaches_the_logs(secured, ray_local):
     assert any("serve" in str(p) for p in logs)  # Serve's access logs are there to search
     for p in logs:
         assert KEY.encode() not in p.read_bytes(), p.name
+
+
+def test_run_records_leave_the_key_out():
+    import json
+
+    from pipelines.common import settings_record
+
+    s, _ = load_settings(env={"DYNAGEN_SERVE__API_KEY": KEY})
+    record = settings_record(s)
+    assert "api_key" not in record["serve"] and KEY not in json.dumps(record) and "****" not in json.dumps(record)
