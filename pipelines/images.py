@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import math
 
-from dynagen.core.fingerprint import artifact_fingerprint, model_fingerprint
-from dynagen.core.records import RunSummary
+from dynagen.core.records import RunSummary, artifact_fingerprint, model_fingerprint
 from dynagen.core.settings import Settings
 from dynagen.core.sources import read_prompts
 from dynagen.core.storage import Storage

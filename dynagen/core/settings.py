@@ -20,6 +20,8 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 ENV_PREFIX = "DYNAGEN_"
 Scheduler = Literal["ddim", "euler", "dpm++"]  # the one list: the CLI, nightly and actors.diffusion use it
 SCHEDULER_NAMES: tuple[str, ...] = get_args(Scheduler)
+Batching = Literal["grouped", "continuous"]  # how a diffusion actor batches rows (actors/diffusion.py)
+BATCHING_NAMES: tuple[str, ...] = get_args(Batching)
 
 
 class SettingsError(ValueError):
@@ -137,15 +139,21 @@ class ImageSettings(_Section):
         0.01, gt=0, description="Adaptive steps' local error tolerance (smaller = more steps, closer to the "
         "many-step image).",
     )
+    batching: Batching = Field(
+        "grouped", description="grouped = batches of one step count within group_window rows; continuous = one "
+        "active set of batch_size samples, each on its own step count, a finished sample's slot refilled at the "
+        "next UNet call.",
+    )
 
     def early_stop_kwargs(self) -> dict:
-        """The per-sample arguments (early stop, adaptive steps) of ``actors.diffusion.DiffusionCore``: one mapping
-        for the job and Serve."""
+        """The per-sample arguments (early stop, adaptive steps, batching) of ``actors.diffusion.DiffusionCore``: one
+        mapping for the job and Serve."""
         return dict(
             early_stop=self.early_stop, early_stop_threshold=self.early_stop_threshold,
             early_stop_interval=self.early_stop_interval, early_stop_min_steps=self.early_stop_min_steps,
             early_stop_signal=self.early_stop_signal_path if self.early_stop_signal == "learned" else None,
             early_stop_level=self.early_stop_level, adaptive=self.adaptive, adaptive_tol=self.adaptive_tol,
+            batching=self.batching,
         )
 
     @field_validator("steps", mode="before")
@@ -162,6 +170,9 @@ class ImageSettings(_Section):
         # Checked with the settings, so the CLI refuses it in one line before Ray or a model starts.
         if self.adaptive and self.early_stop:
             raise ValueError("images.adaptive and images.early_stop are two per-sample rules: choose one")
+        if self.batching == "continuous" and (self.adaptive or self.early_stop):
+            raise ValueError("images.batching=continuous runs fixed per-sample step counts: it does not combine with "
+                             "images.adaptive or images.early_stop")
         return self
 
 

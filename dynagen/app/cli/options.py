@@ -17,7 +17,7 @@ from typing import Annotated, Any, Callable, Optional
 
 import typer
 
-from dynagen.app.cli.common import SchedulerName
+from dynagen.app.cli.common import BatchingName, SchedulerName
 from dynagen.core.settings import Settings
 
 
@@ -63,6 +63,7 @@ IMAGE_FLAGS: tuple[Flag, ...] = (
     Flag("images.early_stop", Optional[bool], ("--early-stop/--no-early-stop",)),
     Flag("images.adaptive", Optional[bool], ("--adaptive/--no-adaptive",)),
     Flag("images.adaptive_tol", Optional[float]),
+    Flag("images.batching", Optional[BatchingName], convert=lambda v: v.value if v else None),
 )
 
 LLM_FLAGS: tuple[Flag, ...] = (

@@ -332,9 +332,12 @@ def build_app(settings: Settings):
     """The Serve application (Gateway → ImageGenerator) with replicas, CPUs and autoscaling from ``settings.serve``.
 
     Secrets never travel to replicas: the settings payload leaves out the storage keys (the app does not use S3) and
-    the API key, of which the Gateway gets only the digest. Raises :class:`AuthConfigError` when the app would be
-    open beyond loopback.
+    the API key, of which the Gateway gets only the digest. Raises ValueError (one line) for settings the app cannot
+    honour, :class:`AuthConfigError` (a ValueError) when the app would be open beyond loopback.
     """
+    if settings.images.batching != "grouped":
+        # Requests joining a running active set need an async scheduler loop in the replica: not built yet.
+        raise ValueError("images.batching=continuous is for batch jobs; Serve batches one step count per batch")
     s = settings.serve
     payload = settings.model_dump_json(exclude=secret_exclude())
     # The replicas get the key's digest, not the key: it stays out of deployment args, Serve's config and logs.
