@@ -139,3 +139,16 @@ def test_llm_run_reports_progress_in_prompts_and_tokens(ray_local, tmp_path):
     # 40 input rows: 37 answered, 2 failed before routing, 1 repeated id.
     assert last.startswith("prompts 40/40 · 2 failed · 1 skipped · ") and " tokens/s · ETA 0s" in last
     assert re.search(r"· [1-9]\d* tokens/s", last)  # tokens were counted
+
+
+def test_continuous_batching_reports_each_finished_image(ray_local, tiny_model, tmp_path):
+    from test_images import settings, write_shards
+
+    from pipelines.images import run
+
+    write_shards(tmp_path / "in")
+    buf = io.StringIO()
+    view = LineView(Console(file=buf, force_terminal=False, width=200), "images", every_s=3600)
+    s = run(settings(tiny_model, batching="continuous"), str(tmp_path / "in"), str(tmp_path / "out"), view=view)
+    assert (s.ok, s.failed, s.duplicates) == (13, 3, 1)
+    assert buf.getvalue().splitlines()[-1].startswith("images 17/17 · 3 failed · 1 skipped · ")
