@@ -20,8 +20,6 @@ route_app = typer.Typer(help="Score prompts with a router (how much each needs t
 def run_llm(
     job: JobArgs,
     address: Annotated[Optional[str], typer.Option(help="Ray cluster address; unset = start an embedded local Ray.")] = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Ray's own logs and operator progress here "
-                                          "(default: Ray's log files; warnings and errors always show).")] = False,
 ) -> None:
     """Answer every prompt with the small or the large model, as the router decides; write Parquet responses and a
     run summary (counts per route, realised large share, tokens/s per pool).
@@ -32,7 +30,7 @@ def run_llm(
     quiet_libraries()
     from jobs.run_llm import run_and_report
 
-    code = run_and_report(settings, job.prompts, job.out, run_id=job.run_id, verbose=verbose)
+    code = run_and_report(settings, job.prompts, job.out, run_id=job.run_id, verbose=job.verbose)
     if code:
         raise typer.Exit(code)
 

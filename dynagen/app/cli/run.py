@@ -17,8 +17,6 @@ app = typer.Typer(help="Run batch generation jobs.", no_args_is_help=True)
 def images(
     job: JobArgs,
     address: Annotated[Optional[str], typer.Option(help="Ray cluster address; unset = start an embedded local Ray.")] = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Ray's own logs and operator progress here "
-                                          "(default: Ray's log files; warnings and errors always show).")] = False,
 ) -> None:
     """Generate an image per prompt at its predicted step count; write PNGs, Parquet metadata and a run report.
 
@@ -28,7 +26,7 @@ def images(
     quiet_libraries()
     from jobs.run_images import run_and_report
 
-    code = run_and_report(settings, job.prompts, job.out, run_id=job.run_id, verbose=verbose)
+    code = run_and_report(settings, job.prompts, job.out, run_id=job.run_id, verbose=job.verbose)
     if code:
         raise typer.Exit(code)
 

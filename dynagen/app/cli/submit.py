@@ -312,6 +312,7 @@ def _submit(job: JobArgs, kind: str, module: str, **kw: Any) -> None:
     payload, secret_env = job_payload(settings)
     args = ["--settings-json", payload, "--prompts", job.prompts, "--out", job.out]
     args += ["--run-id", job.run_id] if job.run_id else []
+    args += ["--verbose"] if job.verbose else []
     submit_job(module=module, args=args, secret_env=secret_env, env_names=kw.pop("env"), kind=kind, **kw)
 
 
