@@ -249,9 +249,10 @@ class StepSaverActor:
     an unscorable prompt marks its row failed with the reason in ``error``. Resources are set where it is wired.
     """
 
-    def __init__(self, path: str, num_threads: int | None = None, risk: float | None = None):
+    def __init__(self, path: str, num_threads: int | None = None, risk: float | None = None, progress=None):
         self.predictor = StepPredictor.load(path, num_threads=num_threads)
         self.risk = risk
+        self.progress = progress  # an actors.progress board: told each row's planned steps (the ETA's work left)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         n = len(batch["prompt"])
@@ -269,5 +270,9 @@ class StepSaverActor:
                 else:
                     predicted[i] = steps[i] = s
         out.update(status=np.asarray(status), error=np.asarray(error), steps=steps, predicted_steps=predicted)
+        if self.progress is not None:
+            from actors.progress import report_planned
+
+            report_planned(self.progress, out)
         return out
 

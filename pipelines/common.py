@@ -3,6 +3,7 @@ run id, the one-line :class:`RunError`, the fail-fast input check, the resume cl
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from datetime import datetime, timezone
 from typing import Any
@@ -13,7 +14,6 @@ from dynagen.core.sources import ShardError, check_shard, list_shards
 from dynagen.core.storage import Storage
 
 LIGHT_CPU = 0.25  # read/normalize/claim/write tasks and small actors: never starve the model actors of CPU
-SECRETS = {"storage": {"access_key_id", "secret_access_key"}}
 
 
 class RunError(RuntimeError):
@@ -30,11 +30,14 @@ def now_iso() -> str:
 
 def settings_record(settings: Settings) -> dict[str, Any]:
     """The settings a run summary records: everything but the secrets."""
-    return settings.model_dump(mode="json", exclude=SECRETS)
+    from dynagen.core.settings import secret_exclude
+
+    return settings.model_dump(mode="json", exclude=secret_exclude())
 
 
 def check_inputs(settings: Settings, src: str):
-    """(good shards, skipped shards with reasons, pyarrow fs); raises RunError unless --skip-bad-shards."""
+    """(good shards with their row counts, skipped shards with reasons, pyarrow fs); raises RunError unless
+    --skip-bad-shards."""
     try:
         shards = list_shards(src, Storage(src, settings.storage) if src.startswith("s3://") else None)
     except ShardError as e:
@@ -47,8 +50,7 @@ def check_inputs(settings: Settings, src: str):
     good, bad = [], []
     for shard in shards:
         try:
-            check_shard(shard, fs)
-            good.append(shard)
+            good.append(dataclasses.replace(shard, rows=check_shard(shard, fs)))
         except ShardError as e:
             if not settings.images.skip_bad_shards:
                 raise RunError(f"bad shard (nothing generated; --skip-bad-shards to skip it): {e}") from None
@@ -72,13 +74,17 @@ def claim_rows(batch, ledger):
     return {k: v[keep] for k, v in batch.items()}
 
 
-def write(ds, sink, run_id: str, ledger) -> None:
+def write(ds, sink, run_id: str, ledger, poller=None) -> None:
     """Run the dataset into its sink (the sink records the run's start, rows and summary). On failure the sink
-    records the stopped run with the readable cause and a one-line RunError is raised; the ledger actor always ends."""
+    records the stopped run with the readable cause and a one-line RunError is raised; the ledger actor always ends.
+    ``poller`` (a ``pipelines.progress.Poller``) shows progress while the write runs."""
+    import contextlib
+
     import ray
 
     try:
-        ds.write_datasink(sink, ray_remote_args={"num_cpus": LIGHT_CPU})
+        with poller if poller is not None else contextlib.nullcontext():
+            ds.write_datasink(sink, ray_remote_args={"num_cpus": LIGHT_CPU})
     except Exception as e:  # a worker's traceback is long; the user needs the cause and what to do
         sink.fail(e)
         raise RunError(f"run {run_id} failed: {root_cause(e)}; finished work is kept, rerun the same command to resume") from e

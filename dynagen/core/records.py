@@ -105,10 +105,21 @@ def model_fingerprint(model) -> str:
     return file_fingerprint(files[0]) if files else ""
 
 
+def artifact_fingerprint(folder) -> str:
+    """A small artifact folder (StepSaver, router) by its config and weights together ('' when absent): what a
+    run summary records as the StepSaver it used."""
+    root = Path(folder)
+    files = sorted([*root.glob("*.safetensors"), *root.glob("config.json")]) if root.is_dir() else []
+    if not files:
+        return ""
+    return hashlib.sha256("\x1f".join(f"{f.name}:{file_fingerprint(f)}" for f in files).encode()).hexdigest()[:16]
+
+
 def seed_from_id(row_id: str) -> int:
     return int.from_bytes(hashlib.sha256(row_id.encode()).digest()[:4], "big")
 
 
+MAX_FAILURES = 50  # failed rows a run summary lists by id (counts per reason cover the rest)
 RUNNING = "running"  # a run's status in runs/<run_id>.json while its sink writes (ok / failed when it ends)
 
 
@@ -139,6 +150,12 @@ class RunSummary:
     steps_histogram: dict[str, int] = field(default_factory=dict)
     predicted_steps_histogram: dict[str, int] = field(default_factory=dict)
     failure_reasons: dict[str, int] = field(default_factory=dict)
+    # Per step count run: images, mean milliseconds per image (its batch's time / batch size), share of the run's
+    # UNet evaluations.
+    steps_breakdown: dict[str, dict[str, float]] = field(default_factory=dict)
+    failures: list[dict[str, str]] = field(default_factory=list)  # the first MAX_FAILURES: id, status, error
+    model_fingerprint: str = ""  # SHA-256 prefix of the UNet weights (model_fingerprint)
+    stepsaver_fingerprint: str = ""  # SHA-256 prefix of StepSaver's config + weights; '' with fixed steps
     bad_shards: list[dict[str, str]] = field(default_factory=list)
     settings: dict[str, Any] = field(default_factory=dict)
     # The destination after this run, every run counted (per id, its latest outcome): what a night is judged on.

@@ -339,3 +339,10 @@ def test_failed_remote_job_shows_traceback(head, token_env):
     assert r.exit_code == 0 and "already FAILED" in out
     r, _, err = invoke(["jobs", "status", "raysubmit_nope", "--address", head.address])
     assert r.exit_code == 2 and "no job 'raysubmit_nope'" in err
+
+
+def test_payload_leaves_the_serve_key_out(tmp_path):
+    root = Path(__file__).resolve().parents[4]
+    settings, _ = load_settings(None, {"images.steps": 2}, env={"DYNAGEN_SERVE__API_KEY": "serve-key-0123456789abcdef"})
+    payload, env = job_payload(settings, root)
+    assert "serve" not in json.loads(payload) and "serve-key" not in payload and "****" not in payload
