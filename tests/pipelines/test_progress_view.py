@@ -8,7 +8,7 @@ import re
 from rich.console import Console
 
 from dynagen.core.progress import Snapshot
-from pipelines.progress import BarView, LineView, Poller, make_view, quiet_ray, snapshot_of, total_rows
+from pipelines.progress import BarView, LineView, make_view, quiet_ray, snapshot_of, total_rows
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
