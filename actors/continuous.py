@@ -16,6 +16,8 @@ step count a sample's image equals the plain pipeline's to within 1/255 (batched
 tested per scheduler). The per-sample loop costs a few element-wise ops on a latent per sample per tick — nothing next
 to the UNet call it follows. Any scheduler with a deterministic ``step`` works (DDIM, Euler, DPM-Solver++ here).
 
+A batch job calls ``run``; a server drives ``submit`` (any time) and ``step`` (one tick) itself.
+
 Not handled here: per-sample early stopping and adaptive steps (``actors/early_stop.py``, ``actors/adaptive.py``) keep
 their own samplers; the job refuses to combine them with continuous batching.
 """
@@ -92,6 +94,8 @@ class ContinuousSampler:
         self.pipe, self.guidance_scale = pipe, float(guidance_scale)
         self.max_batch, self.decode_batch = int(max_batch), int(decode_batch)
         self.stats = TickStats(max_batch=self.max_batch)
+        self._queue: deque[Request] = deque()
+        self._active: list[_Sample] = []
 
     # 1. Joining: encode the newcomers' prompts together, draw their noise, give each its own scheduler ------------
 
@@ -143,13 +147,24 @@ class ContinuousSampler:
             s.step += 1
             s.active_sum += len(active)
 
-    # 3. The loop ------------------------------------------------------------------------------------------------
+    # 3. The loop: ``submit`` queues, ``step`` runs one tick; ``run`` drives both for a batch job, Serve can too ----
 
-    def run(self, requests: Iterable[Request], on_finished: Callable[[Finished], None] | None = None) -> list[Finished]:
-        """Run every request; returns the finished samples in finishing order (``on_finished`` sees each as it ends).
+    def submit(self, requests: Iterable[Request]) -> None:
+        """Queue requests; they join the active set at the next ``step`` with a free slot. A request with steps < 1
+        raises ValueError and nothing of this call is queued."""
+        reqs = list(requests)
+        for r in reqs:
+            if int(r.steps) < 1:
+                raise ValueError(f"request {r.key}: steps must be ≥ 1, got {r.steps}")
+        self._queue.extend(reqs)
 
-        A request with steps < 1 raises ValueError before anything runs.
-        """
+    @property
+    def busy(self) -> bool:
+        """Samples waiting or running."""
+        return bool(self._queue or self._active)
+
+    def step(self) -> list[Finished]:
+        """One tick: admit waiting requests into free slots, one UNet call, decode the samples that finished."""
         import time
 
         import torch
@@ -157,35 +172,43 @@ class ContinuousSampler:
         from actors.diffusion import to_uint8
         from actors.early_stop import decode_latents
 
-        queue = deque(requests)
-        for r in queue:
-            if int(r.steps) < 1:
-                raise ValueError(f"request {r.key}: steps must be ≥ 1, got {r.steps}")
-        active: list[_Sample] = []
+        if not self.busy:
+            return []
+        tick, mult = self.stats.ticks, 2 if self.guidance_scale > 1 else 1
         done: list[Finished] = []
-        mult = 2 if self.guidance_scale > 1 else 1
-        tick = self.stats.ticks
         with torch.inference_mode():
-            while queue or active:
-                free = self.max_batch - len(active)
-                if free and queue:
-                    active += self._admit([queue.popleft() for _ in range(min(free, len(queue)))], tick)
-                self._tick(active)
-                self.stats.ticks += 1
-                self.stats.sample_steps += len(active)
-                self.stats.active_per_tick.append(len(active))
-                leaving = [s for s in active if s.step >= int(s.req.steps)]
-                active = [s for s in active if s.step < int(s.req.steps)]
-                for k in range(0, len(leaving), self.decode_batch):
-                    part = leaving[k : k + self.decode_batch]
-                    imgs = to_uint8(decode_latents(self.pipe, torch.cat([s.latents for s in part]),
-                                                   [s.generator for s in part]))
-                    now = time.perf_counter()
-                    for s, img in zip(part, imgs):
-                        f = Finished(s.req.key, img, s.step, mult * s.step, s.active_sum / max(1, s.step),
-                                     s.first_tick, tick, now - s.joined_at)
-                        done.append(f)
-                        if on_finished is not None:
-                            on_finished(f)
-                tick += 1
+            free = self.max_batch - len(self._active)
+            if free and self._queue:
+                joining = [self._queue.popleft() for _ in range(min(free, len(self._queue)))]
+                self._active += self._admit(joining, tick)
+            self._tick(self._active)
+            self.stats.ticks += 1
+            self.stats.sample_steps += len(self._active)
+            self.stats.active_per_tick.append(len(self._active))
+            leaving = [s for s in self._active if s.step >= int(s.req.steps)]
+            self._active = [s for s in self._active if s.step < int(s.req.steps)]
+            for k in range(0, len(leaving), self.decode_batch):
+                part = leaving[k : k + self.decode_batch]
+                imgs = to_uint8(decode_latents(self.pipe, torch.cat([s.latents for s in part]),
+                                               [s.generator for s in part]))
+                now = time.perf_counter()
+                done += [Finished(s.req.key, img, s.step, mult * s.step, s.active_sum / max(1, s.step), s.first_tick,
+                                  tick, now - s.joined_at) for s, img in zip(part, imgs)]
+        return done
+
+    def run(self, requests: Iterable[Request], on_finished: Callable[[Finished], None] | None = None) -> list[Finished]:
+        """Run every request to the end; returns the finished samples in finishing order (``on_finished`` sees each
+        as it ends). A request with steps < 1 raises ValueError before anything runs."""
+        self.submit(requests)
+        done: list[Finished] = []
+        try:
+            while self.busy:
+                for f in self.step():
+                    done.append(f)
+                    if on_finished is not None:
+                        on_finished(f)
+        except BaseException:
+            self._queue.clear()  # a failed run leaves nothing behind for the next one
+            self._active = []
+            raise
         return done

@@ -66,3 +66,20 @@ def test_bad_requests_and_sizes_are_refused_before_running():
     with pytest.raises(ValueError, match="request 1: steps"):
         sampler.run([Request(0, "a", 1, 4), Request(1, "b", 2, 0)])
     assert sampler.stats.ticks == 0
+
+
+def test_a_request_submitted_mid_run_joins_at_the_next_tick():
+    """The incremental API a server drives: submit while samples run, step until idle."""
+    core = _core("ddim")
+    sampler = ContinuousSampler(core.pipe, core.guidance_scale, max_batch=4)
+    sampler.submit([Request(0, PROMPTS[0], 1, 6), Request(1, PROMPTS[2], 2, 6)])
+    done = sampler.step() + sampler.step()
+    late = Request(2, PROMPTS[3], 3, 4)
+    sampler.submit([late])
+    while sampler.busy:
+        done += sampler.step()
+    got = {f.key: f for f in done}
+    assert sorted(got) == [0, 1, 2] and got[2].first_tick == 2 and got[2].mean_active == 3
+    ref = core.generate([late.prompt], [late.seed], late.steps)[0]
+    assert _max_diff(got[2].image, ref) <= 1
+    assert sampler.step() == []  # idle: nothing to do
