@@ -92,10 +92,11 @@ def block_stats(rows: dict[str, list]) -> dict[str, Any]:
                      for i, st in enumerate(rows["status"]) if st != "ok"][:MAX_FAILURES],
         "thumbs": {},
     }
+    latency = rows["latency_ms"] if "latency_ms" in rows else [0.0] * len(rows["status"])  # missing: as the metadata
     for i in ok:  # Σ per step count; the driver turns them into means and shares
         b = stats["by_steps"].setdefault(str(int(rows["steps"][i])), {"images": 0, "ms": 0.0, "unet_evals": 0})
         b["images"] += 1
-        b["ms"] += float(rows["latency_ms"][i] or 0.0) / max(1, int(rows["batch_size"][i]))
+        b["ms"] += float(latency[i] or 0.0) / max(1, int(rows["batch_size"][i]))
         b["unet_evals"] += int(rows["unet_evals"][i])
     for i in ok:
         bucket = stats["thumbs"].setdefault(str(int(rows["steps"][i])), [])
