@@ -80,7 +80,7 @@ from dynagen.app.serve.api import (
     endpoint_tag,
     key_digest,
 )
-from dynagen.core.settings import Settings, secret_exclude, settings_from_json
+from dynagen.core.settings import ServeSettings, Settings, secret_exclude, settings_from_json
 
 log = logging.getLogger("ray.serve")
 
@@ -457,12 +457,49 @@ def app_builder(args: dict):
     return build_app(settings)
 
 
-def start(settings: Settings) -> str:
+DIRECT_INGRESS_FLAG = "RAY_SERVE_ENABLE_DIRECT_INGRESS"
+
+
+def direct_ingress_env(s: ServeSettings) -> dict[str, str]:
+    """Env vars a Ray cluster needs, set before it starts, for ``serve.direct_ingress``: the flag, and a port range
+    that starts at ``serve.port`` so the (single) ingress replica of a node listens where clients expect it."""
+    return {DIRECT_INGRESS_FLAG: "1", "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(s.port),
+            "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(s.port + 1)}
+
+
+def start(settings: Settings, ready_timeout_s: float = 120.0) -> str:
     """Start Serve's HTTP proxy on ``serve.host:port`` (Ray must be up) and deploy the app; returns its base URL.
 
     Returns once every replica is up (models loaded); redeploying with other settings updates the app in place.
+    With ``serve.direct_ingress`` the Gateway replica serves ``serve.port`` itself (Serve's proxy, which Ray still
+    starts on the head node, gets ``serve.port + 1``), and this waits (up to ``ready_timeout_s``) until it answers
+    ``/healthz``.
     """
+    import os
+
     s = settings.serve
-    serve.start(http_options={"host": s.host, "port": s.port})
+    if s.direct_ingress and os.environ.get(DIRECT_INGRESS_FLAG) != "1":
+        raise ValueError(f"serve.direct_ingress needs {DIRECT_INGRESS_FLAG}=1 in the cluster's env before Ray starts "
+                         "(dynagen serve sets it for its embedded Ray)")
+    # Direct ingress still runs Serve's proxy on the head node: it takes the next port, the replica serve.port.
+    serve.start(http_options={"host": s.host, "port": s.port + 1 if s.direct_ingress else s.port})
     serve.run(build_app(settings), name=s.app_name, route_prefix="/", blocking=False)
-    return f"http://{s.host}:{s.port}"
+    url = f"http://{s.host}:{s.port}"
+    if s.direct_ingress:
+        _wait_until_up(url + "/healthz", ready_timeout_s)
+    return url
+
+
+def _wait_until_up(url: str, timeout_s: float) -> None:
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=5):
+                return
+        except (urllib.error.URLError, OSError) as e:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the ingress replica did not answer {url} within {timeout_s:.0f} s ({one_line(e)})")
+            time.sleep(0.5)
