@@ -222,13 +222,14 @@ class ServeSettings(_Section):
     max_batch_prompts: int = Field(256, ge=1, description="Most prompts in one /v1/steps or /v1/route request (413 above).")
     max_request_bytes: int = Field(1_048_576, ge=1024, description="Larger request bodies are refused with 413.")
     max_steps: int = Field(150, ge=1, le=1000, description="Largest explicit 'steps' a /v1/images request may ask for.")
-    max_batch_size: int = Field(8, ge=1, description="Images per @serve.batch call (one step count per batch).")
+    max_batch_size: int = Field(8, ge=1, description="Images per @serve.batch call (images.batching=grouped: one step "
+                                "count per batch), or the active set's size (continuous).")
     batch_wait_timeout_s: float = Field(0.05, ge=0, description="How long an image batch waits to fill up.")
     steps_max_batch_size: int = Field(32, ge=1, description="Requests whose prompts StepSaver scores in one forward.")
     steps_batch_wait_timeout_s: float = Field(0.002, ge=0, description="How long a StepSaver batch waits to fill up.")
     direct_ingress: bool = Field(
         False, description="The ingress replica itself listens on serve.port (Ray Serve's experimental direct ingress: "
-        "no HTTP proxy hop; /v1/steps took ~1/3 of the CPU per request in bench/serve.py). Needs "
+        "no HTTP proxy hop; a /v1/steps request took ~1/4 of the CPU in bench/serve.py). Needs "
         "RAY_SERVE_ENABLE_DIRECT_INGRESS=1 on the cluster before Ray starts (`dynagen serve` sets it for its embedded "
         "Ray); Serve's proxy, still started on the head node, takes serve.port + 1. One ingress replica per node, a load "
         "balancer in front of several nodes.",
