@@ -7,7 +7,7 @@
       machine load. Where the time goes: CPU seconds per request of each process of that Ray (the Gateway replica,
       Serve's proxy, the rest) read from /proc, and the predictor alone (one forward of 1 and of 16 prompts).
       Targets: p50 ≤ 20 ms, p99 ≤ 100 ms.
-  (2) ``/v1/images`` at a mixed step load (IMAGE_STEPS, explicit per request so both modes get the same work):
+  (2) ``/v1/images`` at 8 and 16 clients, a mixed step load (IMAGE_STEPS, explicit per request so both modes get the same work):
       ``images.batching`` grouped (one ``@serve.batch`` queue per step count) vs continuous (one active set), in
       alternating rounds on one Ray — images/s, p50/p99 latency, batch / active-set size seen (response headers).
 
@@ -18,6 +18,7 @@ ratios within one run, not figures across runs.
 
     python -m bench.serve                 # full run (~10 min on 2 cores)
     python -m bench.serve --smoke-test    # a couple of minutes; small counts
+    python -m bench.serve --only images   # one part; the other part's figures in the JSON are kept
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ STEPS_CLIENTS = 16  # the issue's target load
 STEPS_REQUESTS = 800  # per round; ≥ 100 samples per percentile point around p99 would need 10k
 STEPS_WARMUP = 64  # first requests pay replica warm-up (tokenizer caches, torch allocations): not timed
 STEPS_ROUNDS = 2  # per variant, alternating: the machine's load drifts between rounds
-IMAGE_CLIENTS = 16  # the issue's load for /v1/images
+IMAGE_CLIENTS = (8, 16)  # the issue's loads for /v1/images: one active set's worth, and twice that
 IMAGE_REQUESTS = 64  # per round and mode
 IMAGE_ROUNDS = 2  # per mode, alternating
 IMAGE_STEPS = [10, 15, 20, 25, 30, 40]  # a spread like StepSaver's on the demo prompts (20-75), kept short for 2 cores
@@ -286,6 +287,7 @@ def main() -> None:
 
     # 1. /v1/steps: proxy (before) vs direct ingress (after), alternating subprocess rounds
     if a.only in (None, "steps"):
+        load0 = [round(x, 2) for x in os.getloadavg()]
         prompts = list(dict.fromkeys(example_prompts(200, PROMPT_SEED)))
         result["predictor_alone"] = predictor_alone(found["stepsaver"], prompts)
         rounds = []
@@ -306,10 +308,12 @@ def main() -> None:
         summary["meets_targets"] = {v: summary[v]["p50_ms"] <= TARGETS["steps_p50_ms"] and
                                     summary[v]["p99_ms"] <= TARGETS["steps_p99_ms"] for v in ("proxy", "direct_ingress")}
         result["steps"] = {"clients": STEPS_CLIENTS, "requests_per_round": n_steps, "rounds": rounds,
-                           "median_of_rounds": summary}
+                           "median_of_rounds": summary,
+                           "load_average_start_end": [load0, [round(x, 2) for x in os.getloadavg()]]}
 
     # 2. /v1/images: grouped vs continuous at a mixed step load, alternating rounds (in-place app updates)
     if a.only in (None, "images"):
+        load0 = [round(x, 2) for x in os.getloadavg()]
         n_img = SMOKE["image_requests"] if smoke else IMAGE_REQUESTS
         spread = SMOKE["image_steps"] if smoke else IMAGE_STEPS
         img_prompts = example_prompts(n_img, PROMPT_SEED + 1)
@@ -326,28 +330,34 @@ def main() -> None:
                 for mode in ("grouped", "continuous"):
                     cfg, _ = load_settings(overrides={**base, "images.batching": mode}, env={})
                     url = start(cfg)  # in-place update of the same app; returns when the new replicas are up
-                    r = images_round(url, bodies, IMAGE_CLIENTS, mode)
-                    rounds.append(r)
-                    print(json.dumps(r), flush=True)
+                    for clients in IMAGE_CLIENTS:
+                        r = images_round(url, bodies, clients, mode)
+                        rounds.append(r)
+                        print(json.dumps(r), flush=True)
         finally:
             serve.shutdown()
             ray.shutdown()
         summary = {}
-        for mode in ("grouped", "continuous"):
-            rs = [r for r in rounds if r["batching"] == mode]
-            summary[mode] = {k: round(statistics.median(r[k] for r in rs), 3)
-                             for k in ("images_per_s", "p50_ms", "p99_ms", "mean_batch_or_active_size")}
-        g, c = summary["grouped"], summary["continuous"]
-        summary["continuous_vs_grouped"] = {"images_per_s": round(c["images_per_s"] / g["images_per_s"], 2),
-                                            "p50": round(c["p50_ms"] / g["p50_ms"], 2),
-                                            "p99": round(c["p99_ms"] / g["p99_ms"], 2)}
-        result["images"] = {"clients": IMAGE_CLIENTS, "requests_per_round": n_img, "steps_spread": spread,
-                            "max_batch_size": IMAGE_BATCH_SIZE, "rounds": rounds, "median_of_rounds": summary}
+        for clients in IMAGE_CLIENTS:
+            at = summary[f"{clients}_clients"] = {}
+            for mode in ("grouped", "continuous"):
+                rs = [r for r in rounds if r["batching"] == mode and r["clients"] == clients]
+                at[mode] = {k: round(statistics.median(r[k] for r in rs), 3)
+                            for k in ("images_per_s", "p50_ms", "p99_ms", "mean_batch_or_active_size")}
+            g, c = at["grouped"], at["continuous"]
+            at["continuous_vs_grouped"] = {"images_per_s": round(c["images_per_s"] / g["images_per_s"], 2),
+                                           "p50": round(c["p50_ms"] / g["p50_ms"], 2),
+                                           "p99": round(c["p99_ms"] / g["p99_ms"], 2)}
+        result["images"] = {"clients": list(IMAGE_CLIENTS), "requests_per_round": n_img, "steps_spread": spread,
+                            "max_batch_size": IMAGE_BATCH_SIZE, "rounds": rounds, "median_of_rounds": summary,
+                            "load_average_start_end": [load0, [round(x, 2) for x in os.getloadavg()]]}
     result["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
 
     out = Path(a.out) if a.out else (REPO / "out" / "bench" / "serve-smoke.json" if smoke else
                                      REPO / "bench" / "results" / "serve.json")
     out.parent.mkdir(parents=True, exist_ok=True)
+    if a.only and out.is_file():  # one part re-run: keep the other part's figures (and say when each was taken)
+        result = {**json.loads(out.read_text()), **result, f"{a.only}_rerun_alone": True}
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({k: result[k] for k in ("steps", "images") if k in result}, indent=2))
     print(f"wrote {out}")
