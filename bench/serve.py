@@ -250,6 +250,16 @@ def images_round(url: str, bodies: list[dict], clients: int, mode: str) -> dict:
 
 
 def main() -> None:
+    import shutil
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-serve-"))  # short: Ray's socket paths must fit in 107 bytes
+    try:
+        run(tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # Ray's session files and stand-in models: nothing to keep
+
+
+def run(tmp: Path) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--smoke-test", action="store_true", help="small counts, small step counts")
     ap.add_argument("--model", default=str(MODEL), help="diffusers folder (missing: a random tiny-sd stand-in)")
@@ -265,8 +275,6 @@ def main() -> None:
     smoke = a.smoke_test
     n_steps = SMOKE["steps_requests"] if smoke else STEPS_REQUESTS
     n_warm = SMOKE["steps_warmup"] if smoke else STEPS_WARMUP
-    # A short temp root: Ray's socket paths must fit in 107 bytes.
-    tmp = Path(tempfile.mkdtemp(prefix="bench-serve-"))
     if a.steps_variant:
         found = {"model": a.model, "stepsaver": a.stepsaver}
         Path(a.variant_out).write_text(json.dumps(steps_variant(a.steps_variant, found, n_steps, n_warm, tmp)))
