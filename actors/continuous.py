@@ -55,6 +55,7 @@ class Finished:
     first_tick: int
     last_tick: int
     latency_s: float  # from joining the active set to its decoded image
+    shared_steps: tuple[int, ...] = ()  # distinct step counts of the samples that shared its UNet calls (its own too)
 
 
 @dataclass
@@ -69,6 +70,7 @@ class _Sample:
     active_sum: int = 0
     generator: object = None
     joined_at: float = 0.0
+    shared: set = field(default_factory=set)
 
 
 @dataclass
@@ -142,7 +144,9 @@ class ContinuousSampler:
         if cfg:
             o_u, o_c = out.chunk(2)
             out = o_u + self.guidance_scale * (o_c - o_u)
+        counts = {int(s.req.steps) for s in active}
         for j, (s, tj) in enumerate(zip(active, ts)):
+            s.shared |= counts
             s.latents = s.scheduler.step(out[j : j + 1], tj, s.latents, return_dict=False)[0]
             s.step += 1
             s.active_sum += len(active)
@@ -193,7 +197,7 @@ class ContinuousSampler:
                                                [s.generator for s in part]))
                 now = time.perf_counter()
                 done += [Finished(s.req.key, img, s.step, mult * s.step, s.active_sum / max(1, s.step), s.first_tick,
-                                  tick, now - s.joined_at) for s, img in zip(part, imgs)]
+                                  tick, now - s.joined_at, tuple(sorted(s.shared))) for s, img in zip(part, imgs)]
         return done
 
     def run(self, requests: Iterable[Request], on_finished: Callable[[Finished], None] | None = None) -> list[Finished]:
@@ -208,7 +212,14 @@ class ContinuousSampler:
                     if on_finished is not None:
                         on_finished(f)
         except BaseException:
-            self._queue.clear()  # a failed run leaves nothing behind for the next one
-            self._active = []
+            self.clear()  # a failed run leaves nothing behind for the next one
             raise
         return done
+
+    def clear(self) -> list[int]:
+        """Drop every waiting and running sample (after a failed ``step``: a half-done tick leaves the active set in
+        an unknown state); returns their keys so a server can answer them."""
+        keys = [r.key for r in self._queue] + [s.req.key for s in self._active]
+        self._queue.clear()
+        self._active = []
+        return keys

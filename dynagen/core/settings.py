@@ -222,10 +222,18 @@ class ServeSettings(_Section):
     max_batch_prompts: int = Field(256, ge=1, description="Most prompts in one /v1/steps or /v1/route request (413 above).")
     max_request_bytes: int = Field(1_048_576, ge=1024, description="Larger request bodies are refused with 413.")
     max_steps: int = Field(150, ge=1, le=1000, description="Largest explicit 'steps' a /v1/images request may ask for.")
-    max_batch_size: int = Field(8, ge=1, description="Images per @serve.batch call (one step count per batch).")
+    max_batch_size: int = Field(8, ge=1, description="Images per @serve.batch call (images.batching=grouped: one step "
+                                "count per batch), or the active set's size (continuous).")
     batch_wait_timeout_s: float = Field(0.05, ge=0, description="How long an image batch waits to fill up.")
     steps_max_batch_size: int = Field(32, ge=1, description="Requests whose prompts StepSaver scores in one forward.")
     steps_batch_wait_timeout_s: float = Field(0.002, ge=0, description="How long a StepSaver batch waits to fill up.")
+    direct_ingress: bool = Field(
+        False, description="The ingress replica itself listens on serve.port (Ray Serve's experimental direct ingress: "
+        "no HTTP proxy hop; a /v1/steps request took ~1/4 of the CPU in bench/serve.py). Needs "
+        "RAY_SERVE_ENABLE_DIRECT_INGRESS=1 on the cluster before Ray starts (`dynagen serve` sets it for its embedded "
+        "Ray); Serve's proxy, still started on the head node, takes serve.port + 1. One ingress replica per node, a load "
+        "balancer in front of several nodes.",
+    )
     ingress_min_replicas: int = Field(1, ge=0, description="Ingress (StepSaver + router) replicas: minimum.")
     ingress_max_replicas: int = Field(2, ge=1, description="Ingress replicas: maximum (autoscaling).")
     ingress_target_ongoing_requests: float = Field(16, gt=0, description="Autoscaling target of in-flight requests per ingress replica.")

@@ -80,6 +80,12 @@ def test_a_request_submitted_mid_run_joins_at_the_next_tick():
         done += sampler.step()
     got = {f.key: f for f in done}
     assert sorted(got) == [0, 1, 2] and got[2].first_tick == 2 and got[2].mean_active == 3
+    assert got[0].shared_steps == (4, 6) and got[2].shared_steps == (4, 6)  # the step counts that shared its calls
     ref = core.generate([late.prompt], [late.seed], late.steps)[0]
     assert _max_diff(got[2].image, ref) <= 1
     assert sampler.step() == []  # idle: nothing to do
+    # After a failed tick a server drops what the sampler holds and answers those requests itself.
+    sampler.submit([Request(5, PROMPTS[0], 1, 3), Request(6, PROMPTS[1], 1, 3)])
+    sampler.step()
+    sampler.submit([Request(7, PROMPTS[1], 1, 3)])
+    assert sorted(sampler.clear()) == [5, 6, 7] and not sampler.busy

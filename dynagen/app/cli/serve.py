@@ -27,6 +27,12 @@ def serve(
     from dynagen.core.raycluster import ensure_ray
 
     try:
+        if settings.serve.direct_ingress and settings.ray.address is None:
+            import os
+
+            from dynagen.app.serve.deployments import direct_ingress_env
+
+            os.environ.update(direct_ingress_env(settings.serve))  # read by the embedded Ray's processes at start
         ensure_ray(settings.ray)
         from ray import serve as ray_serve
 

@@ -32,7 +32,10 @@ H_STEPS = "X-Dynagen-Steps"
 H_SEED = "X-Dynagen-Seed"
 H_BATCH_ID = "X-Dynagen-Batch-Id"
 H_BATCH_SIZE = "X-Dynagen-Batch-Size"
-H_BATCH_STEPS = "X-Dynagen-Batch-Steps"  # distinct step counts inside the batch that made this image (always one)
+H_BATCH_STEPS = "X-Dynagen-Batch-Steps"  # distinct step counts that shared this image's batch (grouped: always one)
+H_BATCHING = "X-Dynagen-Batching"  # grouped | continuous
+H_ACTIVE_MEAN = "X-Dynagen-Active-Mean"  # continuous: mean active-set size over this image's UNet calls
+H_TICKS = "X-Dynagen-Ticks"  # continuous: "first-last" tick (UNet call) of this image in its replica
 H_STEPS_RUN = "X-Dynagen-Steps-Run"  # steps actually run: below X-Dynagen-Steps when early stopping ended the image
 
 SEED_MAX = 2**32 - 1  # torch.Generator.manual_seed accepts 64-bit, but 32-bit seeds are what clients pass around
@@ -98,6 +101,10 @@ class ImageJSON(BaseModel):
     batch_size: int
     batch_steps: list[int]
     steps_run: int  # < steps when per-sample early stopping (images.early_stop) ended this image sooner
+    batching: str = "grouped"
+    mean_active: float | None = None  # continuous only: see BatchRecord
+    first_tick: int | None = None
+    last_tick: int | None = None
 
 
 # 2. Client errors --------------------------------------------------------------------------------------------
@@ -189,15 +196,30 @@ def auth_problem(authorization: str | None, digest: bytes) -> str | None:
 
 @dataclass
 class BatchRecord:
-    """What one @serve.batch call of the image deployment ran; returned with every image of the batch."""
+    """How an image was batched; returned with it.
+
+    grouped (one ``@serve.batch`` call): ``size`` images of one step count ran together from start to end.
+    continuous (one active set, samples joining and leaving at every tick): there is no fixed batch, so the record
+    says what this image shared: ``mean_active`` samples per UNet call on average over its ``first_tick``..``last_tick``
+    (``size`` is that mean rounded), ``steps`` the distinct step counts among them, ``batch_id`` its replica and the
+    tick it joined at (images that joined together share it).
+    """
 
     batch_id: str
     size: int
-    steps: list[int]  # distinct step counts of the requests in it; one by construction
+    steps: list[int]  # distinct step counts of the requests in it; one by construction when grouped
+    batching: str = "grouped"
+    mean_active: float | None = None
+    first_tick: int | None = None
+    last_tick: int | None = None
 
     def headers(self) -> dict[str, str]:
-        return {H_BATCH_ID: self.batch_id, H_BATCH_SIZE: str(self.size),
-                H_BATCH_STEPS: ",".join(str(s) for s in self.steps)}
+        h = {H_BATCH_ID: self.batch_id, H_BATCH_SIZE: str(self.size),
+             H_BATCH_STEPS: ",".join(str(s) for s in self.steps), H_BATCHING: self.batching}
+        if self.mean_active is not None:
+            h[H_ACTIVE_MEAN] = f"{self.mean_active:.2f}"
+            h[H_TICKS] = f"{self.first_tick}-{self.last_tick}"
+        return h
 
 
 @dataclass
@@ -224,7 +246,9 @@ class ImageResult:
         b = self.batch or BatchRecord("", 0, [])
         return ImageJSON(image_png_b64=base64.b64encode(self.png).decode("ascii"), steps=self.steps, seed=self.seed,
                          width=self.width, height=self.height, batch_id=b.batch_id, batch_size=b.size,
-                         batch_steps=b.steps, steps_run=self.ran).model_dump()
+                         batch_steps=b.steps, steps_run=self.ran, batching=b.batching,
+                         mean_active=None if b.mean_active is None else round(b.mean_active, 3),
+                         first_tick=b.first_tick, last_tick=b.last_tick).model_dump()
 
     @property
     def ran(self) -> int:

@@ -13,6 +13,16 @@ Two deployments (resources and autoscaling set in :func:`build_app`, from ``sett
   scheduler is stateful, and two batches on 2 cores only thrash) — while one batch runs, the other queues keep
   filling, so batches get fuller under load. Each image comes back with its batch's id, size and the distinct step
   counts in it (headers ``X-Dynagen-Batch-*``), which is how tests check that no batch mixed step counts.
+  With ``images.batching=continuous`` the replica instead holds one :class:`actors.continuous.ContinuousSampler`:
+  a request is submitted to it and joins the running active set at the next tick, whatever its step count; one
+  asyncio task per replica runs ticks in a worker thread while the sampler is busy and answers each request from
+  the finished samples (key → future), so requests never wait on a lock or on another step count's batch. An
+  image's record then says what it shared (``X-Dynagen-Active-Mean``, ``X-Dynagen-Ticks``, the step counts
+  in ``X-Dynagen-Batch-Steps``); a failed tick answers 500 for the requests in the sampler and the loop goes on.
+
+Hops: a request goes client → Serve's HTTP proxy → the Gateway replica (which also fetches the body back from the
+proxy) → the predictor, in the Gateway. ``serve.direct_ingress`` drops the proxy: the Gateway replica listens on
+``serve.port`` itself (bench/serve.py: ~1/4 of the CPU per /v1/steps request, 2.3× the requests/s on 2 cores).
 
 Metrics (Ray's metrics API, exported by each node's metrics agent in Prometheus format, with Serve's deployment /
 replica / application tags): ``dynagen_requests_total{endpoint,status}``, ``dynagen_request_latency_ms{endpoint}``,
@@ -38,6 +48,7 @@ No ``from __future__ import annotations`` here: FastAPI resolves the route funct
 """
 
 import asyncio
+import itertools
 import logging
 import math
 import time
@@ -73,7 +84,7 @@ from dynagen.app.serve.api import (
     endpoint_tag,
     key_digest,
 )
-from dynagen.core.settings import Settings, secret_exclude, settings_from_json
+from dynagen.core.settings import ServeSettings, Settings, secret_exclude, settings_from_json
 
 log = logging.getLogger("ray.serve")
 
@@ -87,7 +98,7 @@ def _threads(num_cpus: float) -> int:
     return max(1, math.ceil(num_cpus))
 
 
-# 1. Image generation: one @serve.batch queue per step count ----------------------------------------------------
+# 1. Image generation: one @serve.batch queue per step count, or one continuous active set ------------------------
 
 
 @serve.deployment
@@ -113,12 +124,26 @@ class ImageGenerator:
         self._lock = asyncio.Lock()
         self._tag = uuid.uuid4().hex[:8]
         self._n = 0
-        self.m_batch = metrics.Histogram("dynagen_image_batch_size", description="Images per diffusion batch.",
+        # Continuous batching (images.batching=continuous): requests in the sampler, by key, and the loop driving it.
+        self._pending: dict[int, tuple[asyncio.Future, int, int]] = {}  # key -> (future, steps, seed)
+        self._keys = itertools.count()
+        self._loop_task: asyncio.Task | None = None
+        self.m_batch = metrics.Histogram("dynagen_image_batch_size", description="Images per diffusion batch "
+                                         "(continuous: samples per UNet call, steps=\"continuous\").",
                                          boundaries=[1, 2, 3, 4, 6, 8, 12, 16, 32], tag_keys=("steps",))
         self.m_images = metrics.Counter("dynagen_images_total", description="Images generated.", tag_keys=("steps",))
 
     def health(self) -> str:
         return self.unavailable or "ok"
+
+    async def generate(self, prompt: str, seed: int, steps: int) -> ImageResult:
+        if self.core is None:
+            return ImageResult(steps=steps, seed=seed, error=f"unavailable: {self.unavailable}", status=503)
+        if self.core.continuous is not None:
+            return await self._generate_continuous(prompt, int(seed), int(steps))
+        return await self._batcher(int(steps))((prompt, int(seed), int(steps)))
+
+    # 1a. grouped: one @serve.batch queue per step count, one batch at a time under the lock
 
     def _batcher(self, steps: int):  # -> the batched coroutine function for this step count
         b = self._batchers.get(steps)
@@ -129,11 +154,6 @@ class ImageGenerator:
             b = serve.batch(max_batch_size=self.max_batch_size, batch_wait_timeout_s=self.wait_s)(run_batch)
             self._batchers[steps] = b
         return b
-
-    async def generate(self, prompt: str, seed: int, steps: int) -> ImageResult:
-        if self.core is None:
-            return ImageResult(steps=steps, seed=seed, error=f"unavailable: {self.unavailable}", status=503)
-        return await self._batcher(int(steps))((prompt, int(seed), int(steps)))
 
     async def _run_batch(self, steps: int, items: list[tuple[str, int, int]]) -> list[ImageResult]:
         from actors.diffusion import encode_png
@@ -156,6 +176,73 @@ class ImageGenerator:
         h, w = self.core.height, self.core.width
         return [ImageResult(png=png, steps=steps, seed=sd, width=w, height=h, batch=record, steps_run=r)
                 for png, sd, r in zip(pngs, seeds, ran)]
+
+    # 1b. continuous: a request joins the running active set at the next tick, whatever its step count
+
+    async def _generate_continuous(self, prompt: str, seed: int, steps: int) -> ImageResult:
+        from actors.continuous import Request
+
+        key = next(self._keys)
+        try:
+            self.core.continuous.submit([Request(key, prompt, seed, steps)])
+        except ValueError as e:  # steps < 1 (the ingress checks it first): this request only
+            return ImageResult(steps=steps, seed=seed, error=one_line(e), status=422)
+        fut = asyncio.get_running_loop().create_future()
+        self._pending[key] = (fut, steps, seed)
+        # One loop per replica, started on demand; it ends when the sampler is idle. Submit and this check run on
+        # the replica's event loop, so a request cannot slip in between the loop's last check and its exit.
+        if self._loop_task is None or self._loop_task.done():
+            self._loop_task = asyncio.create_task(self._drive())
+        return await fut
+
+    def _tick(self) -> list[tuple[Any, bytes | None, str | None]]:
+        """One sampler tick in a worker thread: (finished sample, PNG or None, error or None)."""
+        from actors.diffusion import encode_png
+
+        out = []
+        for f in self.core.continuous.step():
+            try:
+                out.append((f, encode_png(f.image), None))
+            except Exception as e:  # this image only; the sampler's state is fine
+                out.append((f, None, runtime_error(e)))
+        return out
+
+    async def _drive(self) -> None:
+        sampler = self.core.continuous
+        h, w = self.core.height, self.core.width
+        while sampler.busy:
+            try:
+                done = await asyncio.to_thread(self._tick)
+            except Exception as e:
+                # A failed tick leaves the active set half-stepped: drop everything in the sampler and answer 500
+                # for every request waiting on it; the loop goes on with the requests that come next.
+                msg = runtime_error(e)
+                sampler.clear()
+                log.error("dynagen: continuous tick %d failed, %d requests answered 500: %s",
+                          sampler.stats.ticks, len(self._pending), msg)
+                pending, self._pending = self._pending, {}
+                for fut, steps, seed in pending.values():
+                    if not fut.done():
+                        fut.set_result(ImageResult(steps=steps, seed=seed, error=msg, status=500))
+                continue
+            stats = sampler.stats
+            for n in stats.active_per_tick:
+                self.m_batch.observe(n, tags={"steps": "continuous"})
+            stats.active_per_tick.clear()  # a server runs for days: keep the totals, not a list per tick
+            for f, png, err in done:
+                entry = self._pending.pop(f.key, None)
+                if entry is None:
+                    continue
+                fut, steps, seed = entry
+                record = BatchRecord(f"{self._tag}-t{f.first_tick:07d}", max(1, round(f.mean_active)),
+                                     list(f.shared_steps), "continuous", f.mean_active, f.first_tick, f.last_tick)
+                if err is None:
+                    self.m_images.inc(1, tags={"steps": str(steps)})
+                    res = ImageResult(png=png, steps=steps, seed=seed, width=w, height=h, batch=record)
+                else:
+                    res = ImageResult(steps=steps, seed=seed, batch=record, error=err, status=500)
+                if not fut.done():  # a cancelled request (client gone) still ran to the end: nobody to answer
+                    fut.set_result(res)
 
 
 # 2. The ingress ------------------------------------------------------------------------------------------------
@@ -335,9 +422,6 @@ def build_app(settings: Settings):
     the API key, of which the Gateway gets only the digest. Raises ValueError (one line) for settings the app cannot
     honour, :class:`AuthConfigError` (a ValueError) when the app would be open beyond loopback.
     """
-    if settings.images.batching != "grouped":
-        # Requests joining a running active set need an async scheduler loop in the replica: not built yet.
-        raise ValueError("images.batching=continuous is for batch jobs; Serve batches one step count per batch")
     s = settings.serve
     payload = settings.model_dump_json(exclude=secret_exclude())
     # The replicas get the key's digest, not the key: it stays out of deployment args, Serve's config and logs.
@@ -377,12 +461,49 @@ def app_builder(args: dict):
     return build_app(settings)
 
 
-def start(settings: Settings) -> str:
+DIRECT_INGRESS_FLAG = "RAY_SERVE_ENABLE_DIRECT_INGRESS"
+
+
+def direct_ingress_env(s: ServeSettings) -> dict[str, str]:
+    """Env vars a Ray cluster needs, set before it starts, for ``serve.direct_ingress``: the flag, and a port range
+    that starts at ``serve.port`` so the (single) ingress replica of a node listens where clients expect it."""
+    return {DIRECT_INGRESS_FLAG: "1", "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(s.port),
+            "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(s.port + 1)}
+
+
+def start(settings: Settings, ready_timeout_s: float = 120.0) -> str:
     """Start Serve's HTTP proxy on ``serve.host:port`` (Ray must be up) and deploy the app; returns its base URL.
 
     Returns once every replica is up (models loaded); redeploying with other settings updates the app in place.
+    With ``serve.direct_ingress`` the Gateway replica serves ``serve.port`` itself (Serve's proxy, which Ray still
+    starts on the head node, gets ``serve.port + 1``), and this waits (up to ``ready_timeout_s``) until it answers
+    ``/healthz``.
     """
+    import os
+
     s = settings.serve
-    serve.start(http_options={"host": s.host, "port": s.port})
+    if s.direct_ingress and os.environ.get(DIRECT_INGRESS_FLAG) != "1":
+        raise ValueError(f"serve.direct_ingress needs {DIRECT_INGRESS_FLAG}=1 in the cluster's env before Ray starts "
+                         "(dynagen serve sets it for its embedded Ray)")
+    # Direct ingress still runs Serve's proxy on the head node: it takes the next port, the replica serve.port.
+    serve.start(http_options={"host": s.host, "port": s.port + 1 if s.direct_ingress else s.port})
     serve.run(build_app(settings), name=s.app_name, route_prefix="/", blocking=False)
-    return f"http://{s.host}:{s.port}"
+    url = f"http://{s.host}:{s.port}"
+    if s.direct_ingress:
+        _wait_until_up(url + "/healthz", ready_timeout_s)
+    return url
+
+
+def _wait_until_up(url: str, timeout_s: float) -> None:
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=5):
+                return
+        except (urllib.error.URLError, OSError) as e:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the ingress replica did not answer {url} within {timeout_s:.0f} s ({one_line(e)})")
+            time.sleep(0.5)

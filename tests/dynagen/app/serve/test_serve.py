@@ -353,10 +353,10 @@ def test_app_builder_takes_manifest_args():
         app_builder({"serve.nope": 1})
 
 
-def test_continuous_batching_is_refused_by_serve_in_one_line():
-    from dynagen.app.serve.deployments import build_app
-    from dynagen.core.settings import load_settings
+def test_continuous_batching_builds_a_serve_app():
+    """images.batching=continuous is served (tests/dynagen/app/serve/test_serve_continuous.py runs it over HTTP)."""
+    from ray.serve import Application
 
-    settings, _ = load_settings(None, {"images.batching": "continuous"}, env={})
-    with pytest.raises(ValueError, match="continuous is for batch jobs"):
-        build_app(settings)
+    from dynagen.app.serve.deployments import app_builder
+
+    assert isinstance(app_builder({"images.batching": "continuous"}), Application)
