@@ -53,9 +53,11 @@ def check_inputs(settings: Settings, src: str):
             check_shard(shard, fs)
             good.append(shard)
         except ShardError as e:
-            if not settings.images.skip_bad_shards:
-                raise RunError(f"bad shard (nothing generated; --skip-bad-shards to skip it): {e}") from None
             bad.append({"shard": shard.uri, "error": str(e)})
+    if bad and not settings.images.skip_bad_shards:
+        # Every bad shard named at once: fixing them one rerun at a time would be slow.
+        what = "bad shard" if len(bad) == 1 else f"{len(bad)} bad shards"
+        raise RunError(f"{what} (nothing generated; --skip-bad-shards to skip): " + "; ".join(b["error"] for b in bad))
     if not good:
         raise RunError(f"no usable prompt shards at {src}")
     return good, bad, fs

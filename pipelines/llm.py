@@ -48,6 +48,22 @@ def _unanswered(batch):
 # 2. The run ---------------------------------------------------------------------------------------------------
 
 
+SHARE_TOLERANCE = 0.05  # the router's documented accuracy on unseen prompts: ±5 points
+
+
+def share_warning(s: LLMRunSummary) -> str | None:
+    """One line when this run's realised large share misses the target by more than ``SHARE_TOLERANCE``, else None
+    (a calibrated threshold assumes prompts like the router's calibration set)."""
+    if s.realised_large_share is None or abs(s.realised_large_share - s.target_large_share) <= SHARE_TOLERANCE:
+        return None
+    routed = s.routes.get("small", 0) + s.routes.get("large", 0)
+    hint = (" (the calibrated threshold fits prompts like the router's calibration set; llm.share_mode: per_batch "
+            "sends the target share of each batch)" if s.share_mode == "calibrated" else "")
+    return (f"realised large share {100 * s.realised_large_share:.1f}% ({s.routes.get('large', 0)} of {routed}) is "
+            f"{100 * abs(s.realised_large_share - s.target_large_share):.1f} points off the target "
+            f"{100 * s.target_large_share:.0f}%{hint}")
+
+
 def run(settings: Settings, src: str, dest: str, run_id: str | None = None) -> LLMRunSummary:
     """Answer every prompt in ``src`` with the small or large model, as the router decides; returns the summary."""
     import ray

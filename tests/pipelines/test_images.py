@@ -105,6 +105,17 @@ def test_report_says_why_there_are_no_predictions(tmp_path):
     assert "a sample: 6 of 9 images" in sample
 
 
+def test_every_bad_shard_is_named(tiny_model, tmp_path):
+    from pipelines.common import check_inputs
+
+    d = tmp_path / "in"
+    write_shards(d)
+    (d / "y.jsonl").write_bytes(b"\xff\xfe not utf-8")
+    (d / "z.parquet").write_bytes(b"PAR1 not really")
+    with pytest.raises(RunError, match=r"^2 bad shards .*y\.jsonl: not valid UTF-8.*; .*z\.parquet: cannot parse"):
+        check_inputs(settings(tiny_model), str(d))
+
+
 def test_bad_shard_stops_before_generating_or_is_skipped(ray_local, tiny_model, tmp_path):
     d = tmp_path / "in"
     write_shards(d)

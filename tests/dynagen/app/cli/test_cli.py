@@ -86,3 +86,17 @@ def test_audit_checks_every_input_id_once(tmp_path):
     assert r.exit_code == 1 and "missing from DEST 1" in r.output and "lost: c" in r.output, r.output
     r = runner.invoke(app, ["audit", dest, "--prompts", str(tmp_path / "none.jsonl")])
     assert r.exit_code == 2 and "no prompt shards" in r.output
+
+
+def test_config_show_effective_storage_values_uncut_when_piped(monkeypatch):
+    long = "http://127.0.0.1:8333/" + "a-long-path-segment/" * 6
+    monkeypatch.setenv("AWS_ENDPOINT_URL", long)
+    monkeypatch.setenv("AWS_REGION", "eu-west-3")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "env-secret-value")
+    r = runner.invoke(app, ["config", "show"])  # CliRunner's stdout is not a terminal: the piped form
+    assert r.exit_code == 0, r.output
+    rows = {ln.split("\t")[0]: ln.split("\t")[1:] for ln in r.output.splitlines()}
+    assert rows["storage.endpoint_url"] == [long, "env AWS_ENDPOINT_URL"]
+    assert rows["storage.region"] == ["eu-west-3", "env AWS_REGION"]
+    assert rows["storage.secret_access_key"] == ["********", "env AWS_SECRET_ACCESS_KEY"]
+    assert "env-secret-value" not in r.output
