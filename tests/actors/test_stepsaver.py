@@ -225,3 +225,6 @@ def test_a_prompts_steps_do_not_depend_on_its_batch(committed):
 
     check()
     assert committed.predict_steps(["a red circle", "a star"])[0] == alone["a red circle"]
+    # Stronger than the steps: the embedding itself is bit-identical alone and in a batch.
+    emb = committed.encoder.encode(pool)
+    np.testing.assert_array_equal(emb[:3], np.stack([committed.encoder.encode([p])[0] for p in pool[:3]]))
