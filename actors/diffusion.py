@@ -1,7 +1,9 @@
-"""Diffusion actor: a diffusers pipeline that runs rows in batches of one step count.
+"""Diffusion actor: a diffusers pipeline that runs rows in batches of one step count, or continuously batched.
 
 ``DiffusionCore`` is plain Python (no Ray): load once, then ``run(rows)`` groups the rows it is given by
-step count, generates each group in batches of at most ``batch_size`` and returns PNG bytes per row.
+step count, generates each group in batches of at most ``batch_size`` and returns PNG bytes per row. With
+``batching="continuous"`` the rows instead share one active set of ``batch_size`` samples, each on its own step
+count, a finished sample's slot refilled at the next UNet call (``actors/continuous.py``).
 ``DiffusionActor`` is the thin callable class Ray Data's ``map_batches`` holds in an actor pool.
 """
 
@@ -19,6 +21,7 @@ import numpy as np
 
 from dynagen.core.errors import one_line, runtime_error
 from dynagen.core.records import ERROR
+from dynagen.core.settings import BATCHING_NAMES
 
 SCHEDULERS = {
     "ddim": "DDIMScheduler",
@@ -177,6 +180,7 @@ class DiffusionCore:
         early_stop_level: float | None = None,
         adaptive: bool = False,
         adaptive_tol: float | None = None,
+        batching: str = "grouped",
     ):
         import torch
 
@@ -217,6 +221,17 @@ class DiffusionCore:
                 raise AdaptiveError("adaptive steps and early stopping are two per-sample rules: choose one")
             self.adaptive = AdaptiveSampler(self.pipe, tol=adaptive_tol if adaptive_tol is not None else DEFAULT_TOL)
             self.sampler_name = f"adaptive-dpm++2m(tol={self.adaptive.tol:g})"
+        # Continuous batching (actors/continuous.py): rows of any step count share one active set.
+        if batching not in BATCHING_NAMES:
+            raise ValueError(f"unknown batching {batching!r} (choose from {', '.join(BATCHING_NAMES)})")
+        self.continuous = None
+        if batching == "continuous":
+            if early_stop or adaptive:
+                raise ValueError("continuous batching runs fixed per-sample step counts: "
+                                 "it does not combine with early stopping or adaptive steps")
+            from actors.continuous import ContinuousSampler
+
+            self.continuous = ContinuousSampler(self.pipe, self.guidance_scale, max_batch=batch_size)
 
     def generate(
         self, prompts: list[str], seeds: list[int], steps: int, negative_prompts: list[str] | None = None
@@ -257,8 +272,12 @@ class DiffusionCore:
         self.batches_run += 1
         return to_uint8(out), [int(steps)] * len(seeds), [False] * len(seeds)
 
-    def run(self, rows: dict[str, list]) -> dict[str, list]:
+    def run(self, rows: dict[str, list], on_batch=None) -> dict[str, list]:
         """Generate every row with status 'ok'; rows already failed pass through untouched.
+
+        ``on_batch(out, idx, seconds)``, if given, is called after each batch (generated or failed) with the row
+        indices it held and its time (None when rows did not run as one batch: continuous batching, a failed batch):
+        the actor wrapper reports progress from it.
 
         ``rows`` has columns id, prompt, negative_prompt, seed, steps, status, error. Adds image (PNG bytes),
         width, height, batch_id, batch_size, latency_ms, unet_evals (measured per row), model, scheduler,
@@ -272,6 +291,9 @@ class DiffusionCore:
             planned_steps=[int(v) for v in rows["steps"]], stopped_early=[False] * n,
         )
         todo = [i for i in range(n) if out["status"][i] == "ok"]
+        if self.continuous is not None:
+            self._run_continuous(out, todo, on_batch)
+            return out
         adaptive = self.adaptive is not None
         # Adaptive steps take each row's count as its own cap, so rows of any count share a batch (full batches);
         # otherwise a batch holds one step count.
@@ -293,6 +315,8 @@ class DiffusionCore:
                 msg = runtime_error(e)
                 for i in idx:  # a good row the model could not finish: a rerun retries it
                     out["status"][i], out["error"][i] = ERROR, msg
+                if on_batch is not None:
+                    on_batch(out, idx, None)
                 continue
             ms = (time.perf_counter() - t0) * 1000
             # Measured evals split by steps run: every sample-step costs the same (1, or 2 with CFG).
@@ -302,7 +326,39 @@ class DiffusionCore:
                 out["batch_id"][i], out["batch_size"][i], out["latency_ms"][i] = batch_id, len(idx), ms
                 out["unet_evals"][i] = evals_per_step * ran
                 out["steps"][i], out["stopped_early"][i] = ran, early
+            if on_batch is not None:
+                on_batch(out, idx, ms / 1000)
         return out
+
+    def _run_continuous(self, out: dict[str, list], todo: list[int], on_batch=None) -> None:
+        """``run`` for continuous batching: ``batch_id`` names the group a row joined the active set with, and
+        ``batch_size`` is the mean active-set size over the row's UNet calls (how many samples shared them)."""
+        from actors.continuous import Request
+
+        reqs = [Request(i, out["prompt"][i], int(out["seed"][i]), int(out["steps"][i]), out["negative_prompt"][i] or "")
+                for i in todo]
+        finished: set[int] = set()
+
+        def record(f) -> None:
+            i = f.key
+            out["image"][i] = encode_png(f.image)
+            out["batch_id"][i] = f"{self._tag}-c{f.first_tick:06d}"
+            out["batch_size"][i] = int(round(f.mean_active))
+            out["latency_ms"][i], out["unet_evals"][i], out["steps"][i] = f.latency_s * 1000, f.unet_evals, f.steps
+            finished.add(i)
+            if on_batch is not None:  # samples share UNet calls: no batch time of its own
+                on_batch(out, [i], None)
+
+        try:
+            self.continuous.run(reqs, on_finished=record)
+        except Exception as e:  # rows already finished keep their images; the rest are retried by a rerun
+            msg = runtime_error(e)
+            for i in todo:
+                if i not in finished:
+                    out["status"][i], out["error"][i] = ERROR, msg
+            if on_batch is not None:
+                on_batch(out, [i for i in todo if i not in finished], None)
+        self.batches_run += 1
 
 
 # 3. The Ray Data wrapper ----------------------------------------------------------------------------------
@@ -311,10 +367,32 @@ class DiffusionCore:
 class DiffusionActor:
     """Callable class for ``map_batches``: resources and pool size are set where the stage is wired."""
 
-    def __init__(self, **core_kwargs):
+    def __init__(self, progress=None, **core_kwargs):
         self.core = DiffusionCore(**core_kwargs)
+        self.progress = progress  # an actors.progress board handle, or None
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         rows = {k: v.tolist() for k, v in batch.items()}
-        out = self.core.run(rows)
+        if self.progress is not None:
+            self._report_window(rows)
+        out = self.core.run(rows, on_batch=self._report_batch if self.progress is not None else None)
         return {k: np.asarray(v, dtype=object) if k in ("image",) else np.asarray(v) for k, v in out.items()}
+
+    def _report_window(self, rows: dict[str, list]) -> None:
+        from actors.progress import report
+
+        # Generation starts (the ETA's clock), and rows failed on input are done. Planned steps came from the step
+        # stage; reported again here for rows it did not report (a first report per id stands).
+        ok = [s == "ok" for s in rows["status"]]
+        report(self.progress, "start")
+        report(self.progress, "planned", rows["id"], [int(st) if good else 0 for st, good in zip(rows["steps"], ok)])
+        bad = [i for i, good in zip(rows["id"], ok) if not good]
+        if bad:
+            report(self.progress, "done", bad, [False] * len(bad), [0] * len(bad))
+
+    def _report_batch(self, out: dict[str, list], idx: list[int], seconds: float | None) -> None:
+        from actors.progress import report
+
+        if idx:
+            report(self.progress, "done", [out["id"][i] for i in idx], [out["status"][i] == "ok" for i in idx],
+                   [int(out["steps"][i]) for i in idx], seconds)

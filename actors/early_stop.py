@@ -19,7 +19,7 @@ least ``min_steps`` steps:
 
 * **rate** (``threshold``): stop where ``rate < threshold``. One number, hand-calibrated.
 * **learned** (:class:`LearnedSignal`): a logistic model, fitted on calibration trajectories by
-  ``jobs/calibrate_early_stop.py``, of "would this sample's current x̂0 already pass the quality criterion?" from the
+  ``pipelines/training/early_stop.py``, of "would this sample's current x̂0 already pass the quality criterion?" from the
   rate, the previous check's rate, the noise level, the share of the budget run and the budget. Stop where its
   probability ≥ ``level``. The budget (StepSaver's prediction) carries what the prompt says; the trajectory carries
   what the seed did, which no prompt-only predictor can see.
@@ -117,26 +117,6 @@ class LearnedSignal:
         keys = ("format", "features", "weights", "bias", "mean", "scale", "level")
         return cls(tuple(d["weights"]), float(d["bias"]), tuple(d["mean"]), tuple(d["scale"]), float(d["level"]),
                    {k: v for k, v in d.items() if k not in keys})
-
-
-def fit_signal(x: np.ndarray, y: np.ndarray, level: float = 0.5, l2: float = 1e-3, iters: int = 50,
-               meta: dict | None = None) -> LearnedSignal:
-    """Logistic regression by Newton's method (five inputs: no library needed), inputs standardised."""
-    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
-    mean, scale = x.mean(0), x.std(0) + 1e-9
-    z = np.hstack([(x - mean) / scale, np.ones((len(x), 1))])
-    w = np.zeros(z.shape[1])
-    reg = l2 * len(x) * np.diag([1.0] * (z.shape[1] - 1) + [0.0])  # the bias is not shrunk
-    for _ in range(iters):
-        p = 1.0 / (1.0 + np.exp(-(z @ w)))
-        grad = z.T @ (p - y) + reg @ w
-        hess = (z * (p * (1 - p))[:, None]).T @ z + reg
-        step = np.linalg.solve(hess, grad)
-        w -= step
-        if np.abs(step).max() < 1e-8:
-            break
-    return LearnedSignal(tuple(w[:-1].tolist()), float(w[-1]), tuple(mean.tolist()), tuple(scale.tolist()), float(level),
-                         dict(meta or {}))
 
 
 @dataclass(frozen=True)

@@ -239,11 +239,19 @@ class LLMCore:
 class LLMActor:
     """Callable class for ``map_batches``: pool size and resources are set where the stage is wired."""
 
-    def __init__(self, **core_kwargs):
+    def __init__(self, progress=None, **core_kwargs):
         self.core = LLMCore(**core_kwargs)
+        self.progress = progress  # an actors.progress board handle, or None
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         rows = {k: v.tolist() for k, v in batch.items()}
+        if self.progress is not None:  # one unit per prompt: no predictor of response length here
+            from actors.progress import report
+
+            report(self.progress, "start")
+            report(self.progress, "planned", rows["id"], [1] * len(rows["id"]))
         out = self.core.run(rows)
+        if self.progress is not None:
+            report(self.progress, "done", out["id"], [s == "ok" for s in out["status"]], out["completion_tokens"])
         obj = ("response", "error", "prompt", "model")
         return {k: np.asarray(v, dtype=object) if k in obj else np.asarray(v) for k, v in out.items()}

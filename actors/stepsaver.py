@@ -19,7 +19,8 @@ Artifact folder: ``config.json`` + ``head.safetensors`` (a few hundred KB). The 
 they load from the installed package, and ``config.json`` records which encoder the head was trained with.
 
 Public surface: :func:`validate_prompt`, :class:`StepPredictor` (``predict_steps``, ``predict_checked``,
-``save``, ``load``), :func:`train_predictor`, and the Ray Data wrapper :class:`StepSaverActor`.
+``save``, ``load``) and the Ray Data wrapper :class:`StepSaverActor`. Training (the head fit, folds, the risk choice):
+``pipelines/training/stepsaver.py``.
 """
 
 from __future__ import annotations
@@ -56,12 +57,6 @@ def validate_prompt(prompt: Any, max_chars: int = MAX_PROMPT_CHARS) -> str | Non
     return problem.reason if problem else None
 
 
-def exceed_targets(min_steps: Sequence[int], grid: Sequence[int]) -> np.ndarray:
-    """(N, K-1) 0/1 matrix: ``min_steps[i] > grid[k]`` for the first K-1 grid values (the ordinal targets)."""
-    y = np.asarray(min_steps, dtype=np.int64)[:, None]
-    return (y > np.asarray(grid[:-1], dtype=np.int64)[None, :]).astype(np.float32)
-
-
 def decode_steps(p_exceed: np.ndarray, grid: Sequence[int], risk: float) -> np.ndarray:
     """Steps per row from ``P(min_steps > g_k)``: the first grid value whose exceed-probability ≤ ``risk``.
 
@@ -80,32 +75,6 @@ def snap_to_grid(steps: Sequence[int], grid: Sequence[int]) -> np.ndarray:
     g = np.asarray(grid, dtype=np.int64)
     idx = np.searchsorted(g, np.asarray(steps, dtype=np.int64), side="left")
     return g[np.minimum(idx, len(g) - 1)]
-
-
-def step_metrics(pred: Sequence[int], true: Sequence[int], grid: Sequence[int]) -> dict[str, float]:
-    """Accuracy figures of predicted vs true min steps (both snapped to the grid)."""
-    p, t = snap_to_grid(pred, grid), snap_to_grid(true, grid)
-    g = list(grid)
-    pi, ti = np.array([g.index(v) for v in p]), np.array([g.index(v) for v in t])
-    return {
-        "rows": int(len(p)),
-        "under_step_rate": float(np.mean(p < t)),
-        "exact": float(np.mean(p == t)),
-        "within_one_bucket": float(np.mean(np.abs(pi - ti) <= 1)),
-        "mean_pred_steps": float(p.mean()),
-        "mean_true_steps": float(t.mean()),
-        "steps_ratio": float(p.sum() / max(1, t.sum())),  # Σ predicted / Σ oracle ≈ UNet-eval ratio
-    }
-
-
-def choose_risk(p_exceed: np.ndarray, true: Sequence[int], grid: Sequence[int], target_under_rate: float) -> float:
-    """The largest risk (fewest steps) whose under-step rate on these rows is ≤ ``target_under_rate``."""
-    t = snap_to_grid(true, grid)
-    best = 0.0
-    for r in np.linspace(0.0, 0.95, 96):
-        if np.mean(decode_steps(p_exceed, grid, r) < t) <= target_under_rate:
-            best = float(r)
-    return round(best, 4)
 
 
 # 2. Encoder --------------------------------------------------------------------------------------------------
@@ -131,50 +100,6 @@ def build_head(dim: int, n_out: int, cfg: HeadConfig):
     if cfg.hidden <= 0:
         return nn.Sequential(nn.Linear(dim, n_out))
     return nn.Sequential(nn.Linear(dim, cfg.hidden), nn.GELU(), nn.Dropout(cfg.dropout), nn.Linear(cfg.hidden, n_out))
-
-
-@dataclass
-class FitConfig:
-    """Head training. Full-batch AdamW: a few hundred prompts fit in one batch and train in seconds."""
-
-    epochs: int = 200
-    lr: float = 3e-3
-    weight_decay: float = 0.1
-    # BCE weight on "needs more than g_k" targets (> 1: under-stepping costs more than over-stepping in the loss).
-    # The decoding risk, chosen for a target under-step rate, already sets that bias; 2.0 gave no held-out gain.
-    under_weight: float = 1.0
-    seed: int = 0
-
-
-def fit_head(emb: np.ndarray, min_steps: Sequence[int], grid: Sequence[int], head: HeadConfig, fit: FitConfig):
-    """Train an ordinal head on (embedding, min_steps) rows; returns the torch module in eval mode."""
-    import torch
-
-    # A head this small gains nothing from threads, and spinning OpenMP threads on a busy machine made fits ~20× slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return _fit_head(emb, min_steps, grid, head, fit)
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _fit_head(emb, min_steps, grid, head: HeadConfig, fit: FitConfig):
-    import torch
-
-    torch.manual_seed(fit.seed)
-    x = torch.from_numpy(np.asarray(emb, dtype=np.float32))
-    y = torch.from_numpy(exceed_targets(min_steps, grid))
-    model = build_head(x.shape[1], len(grid) - 1, head)
-    opt = torch.optim.AdamW(model.parameters(), lr=fit.lr, weight_decay=fit.weight_decay)
-    loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=torch.full((len(grid) - 1,), float(fit.under_weight)))
-    model.train()
-    for _ in range(fit.epochs):
-        opt.zero_grad()
-        loss = loss_fn(model(x), y)
-        loss.backward()
-        opt.step()
-    return model.eval()
 
 
 def head_probs(model, emb: np.ndarray) -> np.ndarray:
@@ -313,83 +238,7 @@ class StepPredictor:
         return self.predict_checked(prompts, risk)[0]
 
 
-# 5. Training -------------------------------------------------------------------------------------------------
-
-
-def grouped_folds(groups: Sequence[str], k: int, seed: int = 0) -> list[np.ndarray]:
-    """Row indices of k folds that never split one group (prompt) across folds."""
-    uniq = sorted(set(groups))
-    rng = np.random.default_rng(seed)
-    rng.shuffle(uniq)
-    fold_of = {g: i % k for i, g in enumerate(uniq)}
-    f = np.array([fold_of[g] for g in groups])
-    return [np.flatnonzero(f == i) for i in range(k)]
-
-
-def train_predictor(
-    prompts: Sequence[str],
-    min_steps: Sequence[int],
-    grid: Sequence[int],
-    *,
-    target_under_rate: float = 0.1,
-    risk: float | None = None,
-    folds: int = 5,
-    encoder: EncoderConfig | None = None,
-    head: HeadConfig | None = None,
-    fit: FitConfig | None = None,
-    prompt_encoder: PromptEncoder | None = None,
-    calibration: dict[str, Any] | None = None,
-    num_threads: int | None = None,
-) -> tuple[StepPredictor, dict[str, Any]]:
-    """Fit a StepPredictor on calibration rows (one per prompt×seed); returns it and held-out metrics.
-
-    ``min_steps`` above the grid clip to its last value. The decoding risk is chosen on out-of-fold predictions
-    (folds grouped by prompt) as the largest whose under-step rate ≤ ``target_under_rate``, unless ``risk`` is given.
-    Metrics compare with the best constant prediction at the same under-step target.
-    """
-    # 1. Labels on the grid; prompts embedded once (frozen encoder)
-    grid = [int(g) for g in grid]
-    y = snap_to_grid(min_steps, grid)
-    head, fit = head or HeadConfig(), fit or FitConfig()
-    enc = prompt_encoder or PromptEncoder(encoder or EncoderConfig(), num_threads=num_threads)
-    uniq = sorted(set(prompts))
-    emb_u = enc.encode(uniq)
-    pos = {p: i for i, p in enumerate(uniq)}
-    emb = emb_u[[pos[p] for p in prompts]]
-
-    # 2. Out-of-fold probabilities (grouped by prompt: a held-out prompt's seeds are all held out)
-    oof = np.zeros((len(y), len(grid) - 1))
-    k = max(2, min(folds, len(uniq)))
-    for test_idx in grouped_folds(list(prompts), k, fit.seed):
-        train_idx = np.setdiff1d(np.arange(len(y)), test_idx)
-        model = fit_head(emb[train_idx], y[train_idx], grid, head, fit)
-        oof[test_idx] = head_probs(model, emb[test_idx])
-
-    # 3. Risk for the under-step target, and the constant baseline at the same target
-    chosen = choose_risk(oof, y, grid, target_under_rate) if risk is None else float(risk)
-    oof_pred = decode_steps(oof, grid, chosen)
-    const = next(g for g in grid if np.mean(g < y) <= target_under_rate) if len(y) else grid[-1]
-    metrics: dict[str, Any] = {
-        "rows": int(len(y)),
-        "prompts": len(uniq),
-        "folds": k,
-        "target_under_rate": target_under_rate,
-        "risk": chosen,
-        "heldout": step_metrics(oof_pred, y, grid),
-        "constant_baseline": {"steps": int(const), **step_metrics([const] * len(y), y, grid)},
-        "label_histogram": {str(g): int(np.sum(y == g)) for g in grid},
-    }
-
-    # 4. Final head on all rows
-    model = fit_head(emb, y, grid, head, fit)
-    config = PredictorConfig(
-        grid=grid, risk=chosen, encoder=enc.config, head=head,
-        calibration=dict(calibration or {}), metrics={**metrics, "fit": asdict(fit)},
-    )
-    return StepPredictor(config, model, encoder=enc), metrics
-
-
-# 6. The Ray Data wrapper -------------------------------------------------------------------------------------
+# 5. The Ray Data wrapper -------------------------------------------------------------------------------------
 
 
 class StepSaverActor:
@@ -400,9 +249,10 @@ class StepSaverActor:
     an unscorable prompt marks its row failed with the reason in ``error``. Resources are set where it is wired.
     """
 
-    def __init__(self, path: str, num_threads: int | None = None, risk: float | None = None):
+    def __init__(self, path: str, num_threads: int | None = None, risk: float | None = None, progress=None):
         self.predictor = StepPredictor.load(path, num_threads=num_threads)
         self.risk = risk
+        self.progress = progress  # an actors.progress board: told each row's planned steps (the ETA's work left)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         n = len(batch["prompt"])
@@ -420,5 +270,9 @@ class StepSaverActor:
                 else:
                     predicted[i] = steps[i] = s
         out.update(status=np.asarray(status), error=np.asarray(error), steps=steps, predicted_steps=predicted)
+        if self.progress is not None:
+            from actors.progress import report_planned
+
+            report_planned(self.progress, out)
         return out
 

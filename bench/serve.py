@@ -64,7 +64,8 @@ def models(tmp: Path, model: Path = MODEL, stepsaver: Path = STEPSAVER) -> dict[
     if (stepsaver / "config.json").is_file():
         out["stepsaver"], out["stepsaver_kind"] = str(stepsaver), "trained"
     else:
-        from actors.stepsaver import FitConfig, HeadConfig, train_predictor
+        from actors.stepsaver import HeadConfig
+        from pipelines.training.stepsaver import FitConfig, train_predictor
 
         prompts = example_prompts(24, 5)
         labels = [TRAIN_GRID[min(3, p.count(" and ") + ("striped" in p) + ("dotted" in p))] for p in prompts]

@@ -255,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     from actors.diffusion import DiffusionCore
     from actors.stepsaver import StepPredictor
     from dynagen.world import synth
-    from jobs.train_stepsaver import model_fingerprint
+    from dynagen.core.records import model_fingerprint
     from pipelines.calibrate import read_calibration
 
     torch.set_num_threads(a.threads)
@@ -378,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
     stepsaver_signal, signal_meta = [], {}
     if a.signal and (Path(a.signal) / "signal.json").is_file():
         from actors.early_stop import EarlyStopConfig, EarlyStopSampler, LearnedSignal, signal_features
-        from jobs.calibrate_early_stop import record_checks, replay
+        from pipelines.training.early_stop import record_checks, replay
 
         sig = LearnedSignal.load(a.signal)
         sig_cfg = EarlyStopConfig(signal=sig, interval=int(sig.meta.get("interval", 2)),

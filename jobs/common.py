@@ -6,12 +6,10 @@ import argparse
 import sys
 from typing import Any, Callable
 
-from dynagen.core.settings import Settings
 
-
-def entry_main(run_and_report: Callable[[Settings, str, str, str | None], int], description: str | None,
-               argv: list[str] | None) -> int:
-    """``--settings-json '{...}' --prompts SRC --out DEST [--run-id ID]`` → ``run_and_report``; exit code 2 on bad settings."""
+def entry_main(run_and_report: Callable[..., int], description: str | None, argv: list[str] | None) -> int:
+    """``--settings-json '{...}' --prompts SRC --out DEST [--run-id ID] [--verbose]`` → ``run_and_report``; exit
+    code 2 on bad settings."""
     from dynagen.core.settings import SettingsError, settings_from_json
 
     p = argparse.ArgumentParser(description=description)
@@ -19,13 +17,14 @@ def entry_main(run_and_report: Callable[[Settings, str, str, str | None], int], 
     p.add_argument("--prompts", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--run-id")
+    p.add_argument("--verbose", action="store_true", help="Ray's own logs in the job's output too.")
     a = p.parse_args(argv)
     try:
         settings = settings_from_json(a.settings_json)  # validated again on the job's side
     except SettingsError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    return run_and_report(settings, a.prompts, a.out, a.run_id)
+    return run_and_report(settings, a.prompts, a.out, a.run_id, verbose=a.verbose)
 
 
 def print_failures(console: Any, summary: Any) -> None:

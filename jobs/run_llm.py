@@ -10,7 +10,7 @@ import sys
 from dynagen.core.settings import Settings
 
 
-def run_and_report(settings: Settings, src: str, dest: str, run_id: str | None = None) -> int:
+def run_and_report(settings: Settings, src: str, dest: str, run_id: str | None = None, verbose: bool = False) -> int:
     """Run the pipeline, print a summary; returns the exit code (0 ok, 2 could not start)."""
     from rich.console import Console
 
@@ -18,11 +18,13 @@ def run_and_report(settings: Settings, src: str, dest: str, run_id: str | None =
     from dynagen.core.storage import StorageError
     from jobs.common import print_failures
     from pipelines.common import RunError
+    from pipelines.progress import make_view, quiet_ray, ray_log_dir
     from pipelines.llm import run, share_warning
 
     console = Console(stderr=True)
     try:
-        s = run(settings, src, dest, run_id=run_id)
+        quiet_ray(verbose)
+        s = run(settings, src, dest, run_id=run_id, view=make_view(console, "prompts", "tokens"))
     except (RunError, ShardError, StorageError) as e:
         console.print(f"[red]error:[/red] {e}", highlight=False)
         return 2
@@ -41,6 +43,8 @@ def run_and_report(settings: Settings, src: str, dest: str, run_id: str | None =
     print_failures(console, s)
     console.print(f"summary: {dest.rstrip('/')}/runs/{s.run_id}.json  responses: {dest.rstrip('/')}/responses/",
                   highlight=False)
+    if not verbose and (logs := ray_log_dir()):
+        console.print(f"Ray's own logs: {logs} (--verbose shows them here)", highlight=False)
     return 0
 
 

@@ -20,7 +20,7 @@ def run(out_dir: str = "models/tiny-sd", minutes: float = 40.0, seed: int = 0, n
     slower (OpenMP spinning while other processes held the cores); use 2 on an idle machine.
     """
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from dynagen.world.tinymodel import train
+    from pipelines.training.tiny_model import train
 
     return train(out_dir, minutes=minutes, seed=seed, n_images=n_images, batch_size=batch_size, fp16=fp16,
                  threads=threads, init_from=init_from, vae_from=vae_from,

@@ -3,6 +3,7 @@ run id, the one-line :class:`RunError`, the fail-fast input check, the resume cl
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from datetime import datetime, timezone
 from typing import Any
@@ -16,7 +17,6 @@ from dynagen.core.storage import Storage
 # bigger ones go straight to Ray (reading them twice would cost more than Ray's start).
 NOTHING_NEW_MAX_BYTES = 64 * 2**20
 LIGHT_CPU = 0.25  # read/normalize/claim/write tasks and small actors: never starve the model actors of CPU
-SECRETS = {"storage": {"access_key_id", "secret_access_key"}}
 
 
 class RunError(RuntimeError):
@@ -33,11 +33,14 @@ def now_iso() -> str:
 
 def settings_record(settings: Settings) -> dict[str, Any]:
     """The settings a run summary records: everything but the secrets."""
-    return settings.model_dump(mode="json", exclude=SECRETS)
+    from dynagen.core.settings import secret_exclude
+
+    return settings.model_dump(mode="json", exclude=secret_exclude())
 
 
 def check_inputs(settings: Settings, src: str):
-    """(good shards, skipped shards with reasons, pyarrow fs); raises RunError unless --skip-bad-shards."""
+    """(good shards with their row counts, skipped shards with reasons, pyarrow fs); raises RunError unless
+    --skip-bad-shards."""
     try:
         shards = list_shards(src, Storage(src, settings.storage) if src.startswith("s3://") else None)
     except ShardError as e:
@@ -50,8 +53,7 @@ def check_inputs(settings: Settings, src: str):
     good, bad = [], []
     for shard in shards:
         try:
-            check_shard(shard, fs)
-            good.append(shard)
+            good.append(dataclasses.replace(shard, rows=check_shard(shard, fs)))
         except ShardError as e:
             bad.append({"shard": shard.uri, "error": str(e)})
     if bad and not settings.images.skip_bad_shards:
@@ -98,13 +100,17 @@ def claim_rows(batch, ledger):
     return {k: v[keep] for k, v in batch.items()}
 
 
-def write(ds, sink, run_id: str, ledger) -> None:
+def write(ds, sink, run_id: str, ledger, poller=None) -> None:
     """Run the dataset into its sink (the sink records the run's start, rows and summary). On failure the sink
-    records the stopped run with the readable cause and a one-line RunError is raised; the ledger actor always ends."""
+    records the stopped run with the readable cause and a one-line RunError is raised; the ledger actor always ends.
+    ``poller`` (a ``pipelines.progress.Poller``) shows progress while the write runs."""
+    import contextlib
+
     import ray
 
     try:
-        ds.write_datasink(sink, ray_remote_args={"num_cpus": LIGHT_CPU})
+        with poller if poller is not None else contextlib.nullcontext():
+            ds.write_datasink(sink, ray_remote_args={"num_cpus": LIGHT_CPU})
     except Exception as e:  # a worker's traceback is long; the user needs the cause and what to do
         sink.fail(e)
         raise RunError(f"run {run_id} failed: {root_cause(e)}; finished work is kept, rerun the same command to resume") from e

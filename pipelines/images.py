@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 
-from dynagen.core.records import RunSummary
+from dynagen.core.records import RunSummary, artifact_fingerprint, model_fingerprint
 from dynagen.core.settings import Settings
 from dynagen.core.sources import read_prompts
 from dynagen.core.storage import Storage
@@ -16,17 +16,23 @@ from pipelines.common import (
 )
 
 
-def _fixed_steps(batch, steps: int):
+def _fixed_steps(batch, steps: int, progress=None):
     import numpy as np
 
     batch["predicted_steps"] = np.zeros(len(batch["id"]), dtype=np.int64)
     override = batch["steps"].astype(np.int64)
     batch["steps"] = np.where(override > 0, override, steps)
+    if progress is not None:
+        from actors.progress import report_planned
+
+        report_planned(progress, batch)
     return batch
 
 
-def run(settings: Settings, src: str, dest: str, run_id: str | None = None) -> RunSummary:
-    """Generate images for every prompt in ``src`` into ``dest``; returns the run summary (also written to dest)."""
+def run(settings: Settings, src: str, dest: str, run_id: str | None = None, view=None) -> RunSummary:
+    """Generate images for every prompt in ``src`` into ``dest``; returns the run summary (also written to dest).
+
+    ``view`` (``pipelines.progress.BarView`` / ``LineView``) shows progress in images while the run goes."""
     import ray
 
     from actors import ledger as ledger_mod
@@ -55,10 +61,12 @@ def run(settings: Settings, src: str, dest: str, run_id: str | None = None) -> R
             raise RunError(f"StepSaver model not found at {s.stepsaver}: pass --steps N or run 'dynagen train stepsaver'")
     shards, bad_shards, fs = check_inputs(settings, src)
     summary = RunSummary(run_id=run_id, source=src, dest=out.root, bad_shards=bad_shards, started_at=now_iso(),
-                         settings=settings_record(settings))
+                         settings=settings_record(settings), model_fingerprint=model_fingerprint(s.model),
+                         stepsaver_fingerprint=artifact_fingerprint(s.stepsaver) if s.steps == "auto" else "")
 
     # 2. Resume: ids already finished in dest are skipped; repeated ids are generated once. Nothing new: the run
-    #    is recorded and reported without starting Ray or a model.
+    #    is recorded and reported without starting Ray or a model. The progress board (only with a view) hears
+    #    planned steps from the step stage and finished rows from the diffusion actors.
     done = done_ids(out)
     counts = nothing_new(shards, fs, s.max_prompt_chars, done, s.limit)
     if counts is not None:
@@ -69,6 +77,12 @@ def run(settings: Settings, src: str, dest: str, run_id: str | None = None) -> R
         return sink.summary
     ensure_ray(settings.ray)
     ledger = ledger_mod.make_actor(done)
+    board = None
+    if view is not None:
+        from actors.progress import make_actor as make_board
+        from pipelines.progress import total_rows
+
+        board = make_board(total_rows(shards, s.limit))
 
     # 3. Read and normalize rows (bad rows become failed rows, they are not dropped).
     ds = read_prompts(shards, fs, s.max_prompt_chars, num_cpus=LIGHT_CPU)
@@ -81,18 +95,18 @@ def run(settings: Settings, src: str, dest: str, run_id: str | None = None) -> R
         from actors.stepsaver import StepSaverActor
 
         ds = ds.map_batches(
-            StepSaverActor, fn_constructor_kwargs={"path": s.stepsaver}, batch_size=256,
+            StepSaverActor, fn_constructor_kwargs={"path": s.stepsaver, "progress": board}, batch_size=256,
             compute=ray.data.ActorPoolStrategy(min_size=1, max_size=1), num_cpus=LIGHT_CPU,
         )
     else:
-        ds = ds.map_batches(_fixed_steps, fn_kwargs={"steps": int(s.steps)}, num_cpus=LIGHT_CPU)
+        ds = ds.map_batches(_fixed_steps, fn_kwargs={"steps": int(s.steps), "progress": board}, num_cpus=LIGHT_CPU)
 
     # 5. Generate: each actor call takes a window of rows and runs it in single-step-count batches. With early
     #    stopping a row's step count is its budget; converged images leave their batch sooner.
     ds = ds.map_batches(
         DiffusionActor,
         fn_constructor_kwargs=dict(
-            model=s.model, scheduler=s.scheduler, guidance_scale=s.guidance_scale, batch_size=s.batch_size,
+            progress=board, model=s.model, scheduler=s.scheduler, guidance_scale=s.guidance_scale, batch_size=s.batch_size,
             num_threads=max(1, math.ceil(s.cpus_per_actor)), **s.early_stop_kwargs(),
         ),
         batch_size=s.group_window,
@@ -103,7 +117,16 @@ def run(settings: Settings, src: str, dest: str, run_id: str | None = None) -> R
 
     # 6. Write: the sink records the run's start, then images and metadata, then the run summary.
     sink = ImageSink(out, summary, batch_size=s.batch_size, ledger=ledger)
-    write(ds, sink, run_id, ledger)
+    poller = None
+    if board is not None:
+        from pipelines.progress import Poller
+
+        poller = Poller(board, ledger, view)
+    try:
+        write(ds, sink, run_id, ledger, poller)
+    finally:
+        if board is not None:
+            ray.kill(board)
 
     # 7. Report: the human view, rendered from what the sink committed (a report never exists without its summary).
     write_report(out, sink.summary, sink.thumbs)

@@ -31,11 +31,15 @@ def _select(batch, route: str):
     return {k: v[keep] for k, v in batch.items()}
 
 
-def _unanswered(batch):
-    """Rows no model sees (failed on read or routing) get the columns the model stages add."""
+def _unanswered(batch, progress=None):
+    """Rows no model sees (failed on read or routing) get the columns the model stages add (and count as done)."""
     import numpy as np
 
     n = len(batch["id"])
+    if progress is not None and n:
+        from actors.progress import report
+
+        report(progress, "done", batch["id"].tolist(), [False] * n, [0] * n)
     batch["response"] = np.full(n, None, dtype=object)
     batch["model"] = np.full(n, None, dtype=object)
     batch["truncated"] = np.zeros(n, dtype=bool)
@@ -64,8 +68,10 @@ def share_warning(s: LLMRunSummary) -> str | None:
             f"{100 * s.target_large_share:.0f}%{hint}")
 
 
-def run(settings: Settings, src: str, dest: str, run_id: str | None = None) -> LLMRunSummary:
-    """Answer every prompt in ``src`` with the small or large model, as the router decides; returns the summary."""
+def run(settings: Settings, src: str, dest: str, run_id: str | None = None, view=None) -> LLMRunSummary:
+    """Answer every prompt in ``src`` with the small or large model, as the router decides; returns the summary.
+
+    ``view`` (``pipelines.progress.BarView`` / ``LineView``) shows progress in prompts and tokens/s."""
     import ray
 
     from actors import ledger as ledger_mod
@@ -119,6 +125,12 @@ def run(settings: Settings, src: str, dest: str, run_id: str | None = None) -> L
         return sink.finish([])
     ensure_ray(settings.ray)
     ledger = ledger_mod.make_actor(done)
+    board = None
+    if view is not None:
+        from actors.progress import make_actor as make_board
+        from pipelines.progress import total_rows
+
+        board = make_board(total_rows(shards, s.limit))
 
     # 3. Read and normalize rows (bad rows become failed rows, they are not dropped).
     ds = read_prompts(shards, fs, s.max_prompt_chars, num_cpus=LIGHT_CPU)
@@ -144,7 +156,7 @@ def run(settings: Settings, src: str, dest: str, run_id: str | None = None) -> L
             ds.map_batches(_select, fn_kwargs={"route": r}, num_cpus=LIGHT_CPU).map_batches(
                 LLMActor,
                 fn_constructor_kwargs=dict(
-                    model=models[r], max_new_tokens=s.max_new_tokens, batch_size=s.batch_size,
+                    progress=board, model=models[r], max_new_tokens=s.max_new_tokens, batch_size=s.batch_size,
                     over_context=s.over_context, max_prompt_tokens=s.max_prompt_tokens, num_threads=max(1, math.ceil(s.cpus_per_actor)),
                 ),
                 batch_size=s.batch_size * WINDOW_BATCHES,
@@ -153,10 +165,20 @@ def run(settings: Settings, src: str, dest: str, run_id: str | None = None) -> L
                 num_gpus=s.gpus_per_actor or None,
             )
         )
-    branches.append(ds.map_batches(_select, fn_kwargs={"route": ""}, num_cpus=LIGHT_CPU).map_batches(_unanswered, num_cpus=LIGHT_CPU))
+    branches.append(ds.map_batches(_select, fn_kwargs={"route": ""}, num_cpus=LIGHT_CPU)
+                    .map_batches(_unanswered, fn_kwargs={"progress": board}, num_cpus=LIGHT_CPU))
 
     # 6. Write responses and the run summary.
     sink = ResponseSink(out, summary, ledger=ledger)
-    write(branches[0].union(*branches[1:]), sink, run_id, ledger)
+    poller = None
+    if board is not None:
+        from pipelines.progress import Poller
+
+        poller = Poller(board, ledger, view)
+    try:
+        write(branches[0].union(*branches[1:]), sink, run_id, ledger, poller)
+    finally:
+        if board is not None:
+            ray.kill(board)
     return sink.summary
 

@@ -29,6 +29,35 @@ def _no_predictions(s: RunSummary) -> str:
     return "predictions (every prompt had its own steps value)"
 
 
+def _by_steps(s: RunSummary) -> str:
+    if not s.steps_breakdown:
+        return ""
+    rows = "".join(
+        f"<tr><td>{html.escape(k)}</td><td>{v['images']}</td><td>{v['mean_ms_per_image']:.1f}</td>"
+        f"<td>{100 * v['unet_share']:.1f}%</td></tr>"
+        for k, v in s.steps_breakdown.items()
+    )
+    return ("<h2>Per step count</h2><table class=hist><tr><th>steps</th><th>images</th><th>mean ms / image</th>"
+            f"<th>share of UNet evaluations</th></tr>{rows}</table>")
+
+
+def _failures(s: RunSummary) -> str:
+    if not s.failures:
+        return ""
+    items = "".join(f"<li><code>{html.escape(f['id'])}</code> ({html.escape(f['status'])}): {html.escape(f['error'])}</li>"
+                    for f in s.failures)
+    more = f"<p>First {len(s.failures)} of {s.failed} failed rows.</p>" if s.failed > len(s.failures) else ""
+    return f"<h3>Failed rows</h3><ol>{items}</ol>{more}"
+
+
+def _made_from(s: RunSummary) -> str:
+    model = html.escape(str(s.settings.get("images", {}).get("model", "")).rstrip("/").rsplit("/", 1)[-1])
+    parts = [f"model {model} (UNet sha256 {html.escape(s.model_fingerprint or 'n/a')})"]
+    parts.append(f"StepSaver sha256 {html.escape(s.stepsaver_fingerprint)}" if s.stepsaver_fingerprint
+                 else "fixed steps (no StepSaver)")
+    return "<p>Made from: " + "; ".join(parts) + ".</p>"
+
+
 def render_report(s: RunSummary, thumbs: dict[str, list[tuple[str, str, bytes]]]) -> str:
     """HTML page: headline counts, steps histograms, a contact sheet grouped by step count."""
     sheet = []
@@ -51,9 +80,11 @@ td{{padding:0 6px}}</style></head><body>
 <p><b>{s.ok}</b> ok, <b>{s.failed}</b> failed, <b>{s.skipped}</b> skipped (done earlier), {s.duplicates} duplicate ids.
 {s.wall_s:.1f} s, {s.images_per_s:.2f} images/s, {s.denoising_steps} denoising steps, {s.unet_evals} UNet evaluations,
 {s.batches} batches, mean fill {100 * s.mean_batch_fill:.0f}%.</p>
+{_made_from(s)}
 <h2>Steps run</h2>{_bars(s.steps_histogram, "generated images")}
+{_by_steps(s)}
 <h2>Predicted steps</h2>{_bars(s.predicted_steps_histogram, _no_predictions(s))}
-{"<h2>Failures</h2><ul>" + reasons + "</ul>" if reasons else ""}
+{"<h2>Failures</h2><ul>" + reasons + "</ul>" + _failures(s) if reasons else ""}
 <h2>Contact sheet by step count{" (a sample of each count)" if sum(map(len, thumbs.values())) < s.ok else ""}</h2>{"".join(sheet) or "<p>No images.</p>"}
 </body></html>"""
 

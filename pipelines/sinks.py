@@ -28,7 +28,7 @@ from ray.data import Datasink
 
 from dynagen.core.errors import root_cause
 from dynagen.core.records import (
-    ERROR, FAILED, FINAL_STATUSES, METADATA_COLUMNS, OK, RESPONSE_COLUMNS, ROUTES, RUNNING, LLMRunSummary, PoolStats,
+    ERROR, FAILED, FINAL_STATUSES, MAX_FAILURES, METADATA_COLUMNS, OK, RESPONSE_COLUMNS, ROUTES, RUNNING, LLMRunSummary, PoolStats,
     RunSummary, metadata_schema, outcome_totals, outcomes, reason_key, response_schema,
 )
 from dynagen.core.storage import Storage
@@ -87,8 +87,17 @@ def block_stats(rows: dict[str, list]) -> dict[str, Any]:
         "predicted_steps_histogram": Counter(str(int(v)) for v in rows.get("predicted_steps", []) if v),
         "failure_reasons": Counter(reason_key(e) for s, e in zip(rows["status"], rows["error"]) if s != "ok"),
         "batches": {rows["batch_id"][i]: int(rows["batch_size"][i]) for i in ok},
+        "by_steps": {},
+        "failures": [{"id": rows["id"][i], "status": st, "error": (rows["error"][i] or "")[:200]}
+                     for i, st in enumerate(rows["status"]) if st != "ok"][:MAX_FAILURES],
         "thumbs": {},
     }
+    latency = rows["latency_ms"] if "latency_ms" in rows else [0.0] * len(rows["status"])  # missing: as the metadata
+    for i in ok:  # Σ per step count; the driver turns them into means and shares
+        b = stats["by_steps"].setdefault(str(int(rows["steps"][i])), {"images": 0, "ms": 0.0, "unet_evals": 0})
+        b["images"] += 1
+        b["ms"] += float(latency[i] or 0.0) / max(1, int(rows["batch_size"][i]))
+        b["unet_evals"] += int(rows["unet_evals"][i])
     for i in ok:
         bucket = stats["thumbs"].setdefault(str(int(rows["steps"][i])), [])
         if len(bucket) < THUMBS_PER_STEP:
@@ -160,7 +169,11 @@ class ImageSink(_RunSink):
         """Aggregate write-task stats and write the summary JSON (status ok); return the summary."""
         s = self.summary
         hist, phist, reasons, batches, thumbs = Counter(), Counter(), Counter(), {}, {}
+        by_steps: dict[str, dict] = {}
+        failures: list[dict[str, str]] = []
         for r in returns:
+            by_steps = merge_by_steps(by_steps, r.get("by_steps", {}))
+            failures.extend(r.get("failures", [])[: MAX_FAILURES - len(failures)])
             s.ok += r["ok"]
             s.failed += r["failed"]
             s.retryable += r.get("retryable", 0)
@@ -186,6 +199,8 @@ class ImageSink(_RunSink):
         s.steps_histogram = dict(sorted(hist.items(), key=key))
         s.predicted_steps_histogram = dict(sorted(phist.items(), key=key))
         s.failure_reasons = dict(reasons.most_common(20))
+        s.steps_breakdown = steps_breakdown(by_steps, s.unet_evals)
+        s.failures = failures
         s.dest_ok, s.dest_failed = destination_totals(self.storage)  # metadata is written: every run counted
         s.status = "ok"
         write_run_record(self.storage, s)
@@ -205,7 +220,7 @@ class ImageSink(_RunSink):
             stats = self.write_rows(rows)
             total = stats if total is None else _merge(total, stats)
         return total or block_stats({"status": [], "error": [], "steps": [], "unet_evals": [], "batch_id": [],
-                                     "batch_size": [], "id": [], "prompt": [], "image": []})
+                                     "batch_size": [], "id": [], "prompt": [], "image": [], "latency_ms": []})
 
     def write_rows(self, rows: dict[str, list]) -> dict[str, Any]:
         uris: list[str | None] = []
@@ -234,6 +249,22 @@ def write_failed_summary(storage: Storage, summary, error: BaseException, t0: fl
         pass
 
 
+def merge_by_steps(a: dict[str, dict], b: dict[str, dict]) -> dict[str, dict]:
+    out = {k: dict(v) for k, v in a.items()}
+    for k, v in b.items():
+        t = out.setdefault(k, {"images": 0, "ms": 0.0, "unet_evals": 0})
+        for f in ("images", "ms", "unet_evals"):
+            t[f] += v[f]
+    return out
+
+
+def steps_breakdown(by_steps: dict[str, dict], unet_evals: int) -> dict[str, dict[str, float]]:
+    """Per step count: images, mean ms per image, share of the run's UNet evaluations (sorted by steps)."""
+    return {k: {"images": v["images"], "mean_ms_per_image": round(v["ms"] / v["images"], 2) if v["images"] else 0.0,
+                "unet_share": round(v["unet_evals"] / unet_evals, 4) if unet_evals else 0.0}
+            for k, v in sorted(by_steps.items(), key=lambda kv: int(kv[0]))}
+
+
 def _merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     out = dict(a)
     for k in ("ok", "failed", "retryable", "denoising_steps", "unet_evals"):
@@ -241,6 +272,8 @@ def _merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     for k in ("steps_histogram", "predicted_steps_histogram", "failure_reasons"):
         out[k] = a[k] + b[k]
     out["batches"] = {**a["batches"], **b["batches"]}
+    out["by_steps"] = merge_by_steps(a.get("by_steps", {}), b.get("by_steps", {}))
+    out["failures"] = (a.get("failures", []) + b.get("failures", []))[:MAX_FAILURES]
     thumbs = {k: list(v) for k, v in a["thumbs"].items()}
     for k, v in b["thumbs"].items():
         thumbs.setdefault(k, []).extend(v[: max(0, THUMBS_PER_STEP - len(thumbs.get(k, [])))])

@@ -53,7 +53,8 @@ def train_toy_stepsaver(tmp_path_factory):
 
     Simple prompts converge fast, textured ("striped", "dotted") and multi-object ones slowly; of 3 seeds per prompt
     one needs a bucket more (the seed spread the real labels have)."""
-    from actors.stepsaver import FitConfig, HeadConfig, train_predictor
+    from actors.stepsaver import HeadConfig
+    from pipelines.training.stepsaver import FitConfig, train_predictor
 
     def train(prompts: list[str], grid: list[int]):
         texts, labels = [], []

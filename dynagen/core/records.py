@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 # Object keys are built from ids, so ids are restricted to a safe alphabet (no '/', no '..', no '%').
@@ -103,10 +104,35 @@ def content_id(*parts: Any) -> str:
     return h.hexdigest()[:20]
 
 
+def file_fingerprint(path) -> str:
+    """sha256 prefix of a file's bytes ('' for a folder or a missing file): artifacts record what they were made from
+    by name and fingerprint, never by a path of the machine."""
+    p = Path(path)
+    return hashlib.sha256(p.read_bytes()).hexdigest()[:16] if p.is_file() else ""
+
+
+def model_fingerprint(model) -> str:
+    """The fingerprint of a diffusers folder's UNet weights ('' if not readable here): tells a stale predictor or
+    signal apart from the model it was calibrated on."""
+    files = sorted(Path(model).glob("unet/*.safetensors")) if Path(model).is_dir() else []
+    return file_fingerprint(files[0]) if files else ""
+
+
+def artifact_fingerprint(folder) -> str:
+    """A small artifact folder (StepSaver, router) by its config and weights together ('' when absent): what a
+    run summary records as the StepSaver it used."""
+    root = Path(folder)
+    files = sorted([*root.glob("*.safetensors"), *root.glob("config.json")]) if root.is_dir() else []
+    if not files:
+        return ""
+    return hashlib.sha256("\x1f".join(f"{f.name}:{file_fingerprint(f)}" for f in files).encode()).hexdigest()[:16]
+
+
 def seed_from_id(row_id: str) -> int:
     return int.from_bytes(hashlib.sha256(row_id.encode()).digest()[:4], "big")
 
 
+MAX_FAILURES = 50  # failed rows a run summary lists by id (counts per reason cover the rest)
 RUNNING = "running"  # a run's status in runs/<run_id>.json while its sink writes (ok / failed when it ends)
 
 
@@ -137,6 +163,12 @@ class RunSummary:
     steps_histogram: dict[str, int] = field(default_factory=dict)
     predicted_steps_histogram: dict[str, int] = field(default_factory=dict)
     failure_reasons: dict[str, int] = field(default_factory=dict)
+    # Per step count run: images, mean milliseconds per image (its batch's time / batch size), share of the run's
+    # UNet evaluations.
+    steps_breakdown: dict[str, dict[str, float]] = field(default_factory=dict)
+    failures: list[dict[str, str]] = field(default_factory=list)  # the first MAX_FAILURES: id, status, error
+    model_fingerprint: str = ""  # SHA-256 prefix of the UNet weights (model_fingerprint)
+    stepsaver_fingerprint: str = ""  # SHA-256 prefix of StepSaver's config + weights; '' with fixed steps
     bad_shards: list[dict[str, str]] = field(default_factory=list)
     settings: dict[str, Any] = field(default_factory=dict)
     # The destination after this run, every run counted (per id, its latest outcome): what a night is judged on.

@@ -20,6 +20,8 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 ENV_PREFIX = "DYNAGEN_"
 Scheduler = Literal["ddim", "euler", "dpm++"]  # the one list: the CLI, nightly and actors.diffusion use it
 SCHEDULER_NAMES: tuple[str, ...] = get_args(Scheduler)
+Batching = Literal["grouped", "continuous"]  # how a diffusion actor batches rows (actors/diffusion.py)
+BATCHING_NAMES: tuple[str, ...] = get_args(Batching)
 
 
 class SettingsError(ValueError):
@@ -138,15 +140,21 @@ class ImageSettings(_Section):
         0.01, gt=0, description="Adaptive steps' local error tolerance (smaller = more steps, closer to the "
         "many-step image).",
     )
+    batching: Batching = Field(
+        "grouped", description="grouped = batches of one step count within group_window rows; continuous = one "
+        "active set of batch_size samples, each on its own step count, a finished sample's slot refilled at the "
+        "next UNet call.",
+    )
 
     def early_stop_kwargs(self) -> dict:
-        """The per-sample arguments (early stop, adaptive steps) of ``actors.diffusion.DiffusionCore``: one mapping
-        for the job and Serve."""
+        """The per-sample arguments (early stop, adaptive steps, batching) of ``actors.diffusion.DiffusionCore``: one
+        mapping for the job and Serve."""
         return dict(
             early_stop=self.early_stop, early_stop_threshold=self.early_stop_threshold,
             early_stop_interval=self.early_stop_interval, early_stop_min_steps=self.early_stop_min_steps,
             early_stop_signal=self.early_stop_signal_path if self.early_stop_signal == "learned" else None,
             early_stop_level=self.early_stop_level, adaptive=self.adaptive, adaptive_tol=self.adaptive_tol,
+            batching=self.batching,
         )
 
     @field_validator("steps", mode="before")
@@ -163,6 +171,9 @@ class ImageSettings(_Section):
         # Checked with the settings, so the CLI refuses it in one line before Ray or a model starts.
         if self.adaptive and self.early_stop:
             raise ValueError("images.adaptive and images.early_stop are two per-sample rules: choose one")
+        if self.batching == "continuous" and (self.adaptive or self.early_stop):
+            raise ValueError("images.batching=continuous runs fixed per-sample step counts: it does not combine with "
+                             "images.adaptive or images.early_stop")
         return self
 
 
@@ -193,10 +204,19 @@ class LLMSettings(_Section):
     gpus_per_actor: float = Field(0.0, ge=0, description="GPUs per LLM actor (0 = CPU).")
 
 
+MIN_API_KEY_CHARS = 16
+
+
 class ServeSettings(_Section):
     """The online app (``dynagen serve``): HTTP binding, request limits, batching and autoscaling."""
 
-    host: str = Field("127.0.0.1", description="HTTP bind address (0.0.0.0 only behind a trusted network/ingress).")
+    host: str = Field("127.0.0.1", description="HTTP bind address; any address but loopback requires serve.api_key.")
+    api_key: SecretStr | None = Field(
+        None, description="Bearer token every route but /healthz requires (Authorization: Bearer <key>) when host is "
+        "not loopback. Set it by env (DYNAGEN_SERVE__API_KEY, e.g. from a Kubernetes Secret), at least 16 characters "
+        "(e.g. `openssl rand -hex 32`); never printed or logged.",
+    )
+    api_key_on_loopback: bool = Field(False, description="Require serve.api_key on a loopback bind too.")
     port: int = Field(8000, ge=1, le=65535, description="HTTP port.")
     app_name: str = Field("dynagen", description="Ray Serve application name.")
     max_prompt_chars: int = Field(4000, ge=1, description="Longer prompts are refused with 413.")
@@ -218,6 +238,29 @@ class ServeSettings(_Section):
     images_max_ongoing_requests: int = Field(32, ge=1, description="Images one generation replica accepts at once (>= max_batch_size).")
     images_num_cpus: float = Field(1.0, gt=0, description="CPUs per image replica (also sets its torch threads).")
     images_num_gpus: float = Field(0.0, ge=0, description="GPUs per image replica (0 = CPU).")
+
+    @field_validator("api_key")
+    @classmethod
+    def _long_enough(cls, v: SecretStr | None) -> SecretStr | None:
+        # Replicas compare SHA-256 digests (the key itself never travels): a guessable key would be the weak link.
+        if v is not None and len(v.get_secret_value()) < MIN_API_KEY_CHARS:
+            raise ValueError(f"api_key must be at least {MIN_API_KEY_CHARS} characters (e.g. `openssl rand -hex 32`)")
+        return v
+
+    def is_loopback(self) -> bool:
+        """Whether ``host`` only accepts connections from this machine."""
+        import ipaddress
+
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:  # a host name: it may resolve to anything
+            return False
+
+    def auth_required(self) -> bool:
+        """Bearer token on every route but /healthz: always off loopback, on loopback when asked."""
+        return not self.is_loopback() or self.api_key_on_loopback
 
 
 class Settings(_Section):
@@ -247,7 +290,17 @@ class Settings(_Section):
         return self
 
 
-SECRET_KEYS = {"storage.access_key_id", "storage.secret_access_key"}
+SECRET_KEYS = {"storage.access_key_id", "storage.secret_access_key", "serve.api_key"}
+
+
+def secret_exclude() -> dict[str, set[str]]:
+    """``SECRET_KEYS`` as pydantic's ``exclude=`` argument: settings leaving the process (run records, replicas)
+    without their secrets."""
+    out: dict[str, set[str]] = {}
+    for key in SECRET_KEYS:
+        section, name = key.split(".")
+        out.setdefault(section, set()).add(name)
+    return out
 
 # Storage settings left unset take the standard AWS env vars, in this order: the one rule S3 clients, `config show`
 # and `dynagen submit` (which forwards them to the job) share.

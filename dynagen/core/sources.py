@@ -32,6 +32,7 @@ class Shard:
     path: str  # path for the pyarrow filesystem (bucket/key for S3)
     uri: str  # what the user sees
     format: str
+    rows: int | None = None  # rows in the shard once checked (the progress total); None = not counted
 
 
 def _format_of(name: str) -> str | None:
@@ -69,25 +70,29 @@ def list_shards(src: str, storage: Storage | None = None) -> list[Shard]:
     return shards
 
 
-def check_shard(shard: Shard, fs) -> None:
-    """Raise ShardError if the shard can't be parsed or has no ``prompt`` column/key."""
+def check_shard(shard: Shard, fs) -> int:
+    """Raise ShardError if the shard can't be parsed or has no ``prompt`` column/key; else return its row count
+    (JSONL: non-blank lines, what ``read_text`` yields)."""
     try:
         if shard.format == "parquet":
             import pyarrow.parquet as pq
 
             with fs.open_input_file(shard.path) as f:
-                names = pq.ParquetFile(f).schema_arrow.names
+                pf = pq.ParquetFile(f)
+                names, rows = pf.schema_arrow.names, pf.metadata.num_rows
         elif shard.format == "csv":
             import pyarrow.csv as pacsv
 
             with fs.open_input_stream(shard.path) as f:
-                names = pacsv.read_csv(f, convert_options=csv_options()).column_names
+                table = pacsv.read_csv(f, convert_options=csv_options())
+            names, rows = table.column_names, table.num_rows
         else:
             with fs.open_input_stream(shard.path) as f:
                 text = f.read().decode("utf-8")
-            names, seen_object = set(), False
+            names, seen_object, rows = set(), False, 0
             for line in text.splitlines():
                 if line.strip():
+                    rows += 1
                     try:
                         obj = json.loads(line)
                     except json.JSONDecodeError:
@@ -106,6 +111,7 @@ def check_shard(shard: Shard, fs) -> None:
         raise ShardError(f"{shard.uri}: cannot parse {shard.format}: {msg}") from None
     if "prompt" not in names:
         raise ShardError(f"{shard.uri}: missing required column 'prompt' (found: {', '.join(sorted(names)) or 'none'})")
+    return rows
 
 
 # Row normalization (pure) -------------------------------------------------------------------------------

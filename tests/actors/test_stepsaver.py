@@ -13,10 +13,7 @@ from actors.stepsaver import (
     ArtifactError,
     StepPredictor,
     StepSaverActor,
-    choose_risk,
     decode_steps,
-    exceed_targets,
-    snap_to_grid,
     validate_prompt,
 )
 
@@ -36,15 +33,6 @@ def test_decode_on_grid_and_monotone_in_risk():
     # lowering the risk (raising the quality target) never lowers any prompt's steps
     assert np.all(np.diff(steps, axis=0) <= 0)
     assert np.all(decode_steps(p, GRID, -1.0) == GRID[-1])  # nothing qualifies: the largest bucket
-
-
-def test_targets_snap_and_choose_risk():
-    np.testing.assert_array_equal(exceed_targets([4, 16, 32], GRID), [[0, 0, 0], [1, 1, 0], [1, 1, 1]])
-    np.testing.assert_array_equal(snap_to_grid([3, 9, 200], GRID), [4, 16, 32])  # rounded up, clipped
-    p = np.array([[0.9, 0.5, 0.1]] * 10)
-    true = [16] * 9 + [32]
-    r = choose_risk(p, true, GRID, target_under_rate=0.1)
-    assert decode_steps(p, GRID, r)[0] == 16 and r >= 0.1
 
 
 def test_validate_prompt():

@@ -187,3 +187,25 @@ def test_autoscaling_bench_mirrors_the_raycluster():
     cpu_group = next(g for g in cluster["spec"]["workerGroupSpecs"] if g["groupName"] == "cpu")
     assert cfg["available_node_types"]["cpu"]["min_workers"] == cpu_group["minReplicas"] == 0
     assert cfg["provider"]["gcs_address"] == "127.0.0.1:1"  # never the default :6379 (someone else's cluster)
+
+
+def test_rayservice_wires_the_api_key_from_a_secret_and_builds_with_it(monkeypatch):
+    """Every pod gets DYNAGEN_SERVE__API_KEY from a Secret (never a literal); the app args bind beyond loopback and
+    hold no key; app_builder with those args and that env builds (and without the key refuses)."""
+    from dynagen.app.serve.deployments import AuthConfigError, app_builder
+
+    doc = docs_of("rayservice.online.yaml")[0]
+    cluster = doc["spec"]["rayClusterConfig"]
+    groups = [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]
+    for g in groups:
+        for c in g["template"]["spec"]["containers"]:
+            env = {e["name"]: e for e in c.get("env", [])}
+            ref = env["DYNAGEN_SERVE__API_KEY"]
+            assert "value" not in ref and ref["valueFrom"]["secretKeyRef"] == {"name": "dynagen-serve", "key": "api_key"}
+    app = yaml.safe_load(doc["spec"]["serveConfigV2"])["applications"][0]
+    assert app["args"]["serve.host"] == "0.0.0.0" and not any("api_key" in k for k in app["args"])
+    monkeypatch.delenv("DYNAGEN_SERVE__API_KEY", raising=False)
+    with pytest.raises(AuthConfigError):
+        app_builder(app["args"])
+    monkeypatch.setenv("DYNAGEN_SERVE__API_KEY", "from-the-secret-0123456789")
+    assert app_builder(app["args"]) is not None

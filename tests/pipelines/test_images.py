@@ -3,9 +3,11 @@
 import json
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from PIL import Image
 
 from dynagen.core.settings import load_settings
 from dynagen.core.storage import Storage
@@ -222,3 +224,25 @@ def test_adaptive_steps_run_end_to_end_with_the_step_count_as_cap(ray_local, tin
     assert s.ok == 4 and all(m["status"] == "ok" for m in meta)
     assert all(m["planned_steps"] == 6 and 1 <= m["steps"] <= 6 for m in meta)
     assert s.unet_evals == 2 * sum(m["steps"] for m in meta)  # evals follow the steps each image really took
+
+
+def test_continuous_batching_runs_mixed_step_counts_in_full_active_sets(ray_local, tiny_model, tmp_path):
+    """Mixed per-row step counts through one active set: each image runs its own count, the same image as grouped
+    batching gives (same seed, same count), and the set is fuller than one-count batches of the same rows."""
+    steps = [2, 5, 3, 2, 4, 5, 3, 2]
+    pq.write_table(pa.table({"prompt": PROMPTS[:8], "steps": steps, "seed": list(range(8))}), tmp_path / "in.parquet")
+    runs = {}
+    for mode in ("grouped", "continuous"):
+        s = run(settings(tiny_model, batching=mode), str(tmp_path / "in.parquet"), str(tmp_path / mode))
+        meta = {m["prompt"]: m for m in read_metadata(Storage(str(tmp_path / mode))).to_pylist()}
+        runs[mode] = (s, meta)
+        assert s.ok == 8 and [meta[p]["steps"] for p in PROMPTS[:8]] == steps
+        assert s.unet_evals == 2 * sum(steps)
+    (g, gmeta), (c, cmeta) = runs["grouped"], runs["continuous"]
+    for p in PROMPTS[:8]:
+        a = np.asarray(Image.open(gmeta[p]["image_uri"]), dtype=int)
+        b = np.asarray(Image.open(cmeta[p]["image_uri"]), dtype=int)
+        assert np.abs(a - b).max() <= 1, p
+    assert c.mean_batch_fill > g.mean_batch_fill
+    with pytest.raises(ValueError, match="does not combine"):
+        settings(tiny_model, batching="continuous", adaptive=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from dynagen.app.cli import audit, config, run, stepsaver, train
+from dynagen.app.cli import audit, config, run, runs, stepsaver, train
 from dynagen.app.cli import jobs as jobs_cli, nightly as nightly_cli, submit as submit_cli
 from dynagen.app.cli import serve as serve_cli
 from dynagen.app.cli import llm as llm_cli
@@ -17,6 +17,7 @@ app = typer.Typer(
 )
 app.add_typer(config.app, name="config")
 app.add_typer(run.app, name="run")
+app.add_typer(runs.app, name="runs")
 app.add_typer(submit_cli.app, name="submit")
 app.add_typer(jobs_cli.app, name="jobs")
 app.command("nightly")(nightly_cli.nightly)

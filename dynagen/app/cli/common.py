@@ -7,10 +7,11 @@ from typing import Any, Mapping, NoReturn
 
 import typer
 
-from dynagen.core.settings import SCHEDULER_NAMES
+from dynagen.core.settings import BATCHING_NAMES, SCHEDULER_NAMES
 
 # The samplers as a CLI choice, built from the settings' one list ("dpm++" is not an identifier: member dpmpp).
 SchedulerName = Enum("SchedulerName", {n.replace("+", "p"): n for n in SCHEDULER_NAMES}, type=str)
+BatchingName = Enum("BatchingName", {n: n for n in BATCHING_NAMES}, type=str)
 
 
 def exit_with_error(message: str, code: int = 2) -> NoReturn:
@@ -37,4 +38,5 @@ def quiet_libraries() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # "Loading weights" bars in every actor (inherited)
     warnings.filterwarnings("ignore", category=FutureWarning)

@@ -30,7 +30,7 @@ def run_llm(
     quiet_libraries()
     from jobs.run_llm import run_and_report
 
-    code = run_and_report(settings, job.prompts, job.out, run_id=job.run_id)
+    code = run_and_report(settings, job.prompts, job.out, run_id=job.run_id, verbose=job.verbose)
     if code:
         raise typer.Exit(code)
 
@@ -45,7 +45,8 @@ def train_router(
     """Train the learned router (MiniLM encoder + heads) on the training split, calibrate its thresholds on the
     held-out split, and write the artifact. Reproduces the committed models/router."""
     quiet_libraries()
-    from jobs.train_router import DEFAULT_DATA, DEFAULT_OUT, train
+    from jobs.train_router import DEFAULT_DATA, DEFAULT_OUT
+    from pipelines.training.router import train
 
     try:
         report = train(data or str(DEFAULT_DATA), out or str(DEFAULT_OUT), seed=seed, cache_dir=cache)

@@ -1,7 +1,7 @@
 """The job options, defined once: ``dynagen run images|llm`` and ``dynagen submit images|llm`` take the same flags.
 
 A job command is decorated with :func:`job_options` and a tuple of :class:`Flag`\\ s. The decorator gives it
-``--prompts``, ``--out``, ``--config``, ``--run-id`` and one option per flag, each flag naming the settings key it
+``--prompts``, ``--out``, ``--config``, ``--run-id``, ``--verbose`` and one option per flag, each flag naming the settings key it
 sets, with that setting's description from the schema as its help; the command receives them as one
 :class:`JobArgs` (``job.overrides`` is ready for ``load(job.config, job.overrides)``). The command's own parameters
 (``run``'s Ray ``--address``; ``submit``'s Jobs API ``--address``, ``--wait``, …) are kept beside them.
@@ -17,7 +17,7 @@ from typing import Annotated, Any, Callable, Optional
 
 import typer
 
-from dynagen.app.cli.common import SchedulerName
+from dynagen.app.cli.common import BatchingName, SchedulerName
 from dynagen.core.settings import Settings
 
 
@@ -63,6 +63,7 @@ IMAGE_FLAGS: tuple[Flag, ...] = (
     Flag("images.early_stop", Optional[bool], ("--early-stop/--no-early-stop",)),
     Flag("images.adaptive", Optional[bool], ("--adaptive/--no-adaptive",)),
     Flag("images.adaptive_tol", Optional[float]),
+    Flag("images.batching", Optional[BatchingName], convert=lambda v: v.value if v else None),
 )
 
 LLM_FLAGS: tuple[Flag, ...] = (
@@ -84,6 +85,7 @@ class JobArgs:
     config: str | None = None
     run_id: str | None = None
     overrides: dict[str, Any] = field(default_factory=dict)
+    verbose: bool = False  # Ray's own logs and operator progress on the job's output, not only in Ray's log files
 
 
 _K = inspect.Parameter.KEYWORD_ONLY
@@ -99,6 +101,9 @@ _AFTER = [
         "--config", "-c", help="YAML settings file.")]),
     inspect.Parameter("run_id", _K, default=None, annotation=Annotated[Optional[str], typer.Option(
         help="Run id (default: UTC timestamp + random suffix).")]),
+    inspect.Parameter("verbose", _K, default=False, annotation=Annotated[bool, typer.Option(
+        "--verbose", "-v", help="Show Ray's own logs and operator progress in the job's output (default: Ray's log "
+        "files; warnings and errors always show).")]),
 ]
 
 
@@ -117,7 +122,7 @@ def job_options(flags: tuple[Flag, ...]) -> Callable[[Callable[..., Any]], Calla
         def command(**kwargs: Any) -> Any:
             overrides = {f.key: f.convert(kwargs.pop(f.name)) for f in flags}
             job = JobArgs(kwargs.pop("prompts"), kwargs.pop("out"), kwargs.pop("config"), kwargs.pop("run_id"),
-                          overrides)
+                          overrides, kwargs.pop("verbose"))
             return fn(job, **kwargs)
 
         # typer must see the generated signature and its resolved annotations, not fn's.

@@ -26,7 +26,7 @@ def images(
     quiet_libraries()
     from jobs.run_images import run_and_report
 
-    code = run_and_report(settings, job.prompts, job.out, run_id=job.run_id)
+    code = run_and_report(settings, job.prompts, job.out, run_id=job.run_id, verbose=job.verbose)
     if code:
         raise typer.Exit(code)
 

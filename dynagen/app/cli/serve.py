@@ -18,6 +18,9 @@ def serve(
 ) -> None:
     """Serve /v1/steps, /v1/route, /v1/images and /healthz over HTTP until interrupted."""
     settings, _ = load(config, {"serve.host": host, "serve.port": port, "ray.address": address})
+    if settings.serve.auth_required() and settings.serve.api_key is None:  # before Ray starts: one line
+        exit_with_error(f"serve.host {settings.serve.host} is not loopback: set serve.api_key (env "
+                        "DYNAGEN_SERVE__API_KEY) so callers need a bearer token, or bind 127.0.0.1")
     quiet_libraries()
     import time
 
@@ -37,7 +40,8 @@ def serve(
 
     with urllib.request.urlopen(f"{url}/healthz", timeout=30) as r:
         health = json.loads(r.read())
-    typer.echo(f"dynagen serving on {url} ({health['status']}); Ctrl-C to stop")
+    auth = "bearer token required" if settings.serve.auth_required() else "no token (loopback)"
+    typer.echo(f"dynagen serving on {url} ({health['status']}, {auth}); Ctrl-C to stop")
     for name, state in health["components"].items():
         if state != "ok":
             typer.echo(f"  {name}: {state}", err=True)

@@ -100,11 +100,11 @@ def train_stepsaver(
     settings, _ = load(config, {"images.stepsaver": out})
     bucket_list = _ints(buckets, "buckets") if buckets else None
     quiet_libraries()
-    from jobs.train_stepsaver import run
     from pipelines.calibrate import CalibrationError
+    from pipelines.training.stepsaver import train_from_calibration
 
     try:
-        m = run(calibration, settings.images.stepsaver, threshold, target_under_rate, precision=precision.value,
+        m = train_from_calibration(calibration, settings.images.stepsaver, threshold, target_under_rate, precision=precision.value,
                 max_tokens=max_tokens, layers=layers, hidden=hidden, buckets=bucket_list)
     except (CalibrationError, ValueError) as e:
         exit_with_error(str(e))

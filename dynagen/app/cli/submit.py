@@ -118,7 +118,10 @@ def job_payload(settings: "Settings", root: Path | None = None, uris: list[str] 
 
     from dynagen.core.settings import STORAGE_ENV, storage_from_env
 
-    data: dict[str, Any] = settings.model_dump(mode="json", exclude_unset=True)
+    # The Serve key is not a batch job's business (dumped, it would arrive as '**********' and fail validation).
+    data: dict[str, Any] = settings.model_dump(mode="json", exclude_unset=True, exclude={"serve": {"api_key"}})
+    if not data.get("serve", True):
+        data.pop("serve")
     storage = data.setdefault("storage", {})
     env_out: dict[str, str] = {}
     for key, env_name in (("access_key_id", "AWS_ACCESS_KEY_ID"), ("secret_access_key", "AWS_SECRET_ACCESS_KEY")):
@@ -321,6 +324,7 @@ def _submit(job: JobArgs, kind: str, module: str, **kw: Any) -> None:
     payload, secret_env = job_payload(settings, uris=[job.prompts, job.out])
     args = ["--settings-json", payload, "--prompts", job.prompts, "--out", job.out]
     args += ["--run-id", job.run_id] if job.run_id else []
+    args += ["--verbose"] if job.verbose else []
     submit_job(module=module, args=args, secret_env=secret_env, env_names=kw.pop("env"), kind=kind, **kw)
 
 

@@ -9,11 +9,17 @@ Status codes for client mistakes (never a 500):
 * 413: a body over ``serve.max_request_bytes``, a prompt over ``serve.max_prompt_chars``, or more than
   ``serve.max_batch_prompts`` prompts in one request.
 * 503: a model the app could not load (StepSaver, router or diffusion model); the rest keeps serving.
+
+And for callers: 401 with a one-line reason when the app requires a bearer token (``serve.api_key``; always when
+bound beyond loopback) and the request's ``Authorization`` header is missing, malformed or wrong. ``/healthz`` is
+open so probes and load balancers need no secret.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Iterable, Literal, Sequence
 
@@ -155,7 +161,30 @@ def check_content_length(header: str | None, max_bytes: int) -> ClientError | No
     return None
 
 
-# 3. Batching by step count -----------------------------------------------------------------------------------
+# 3. Who may call ----------------------------------------------------------------------------------------------
+
+OPEN_PATHS = ("/healthz",)  # no token: liveness probes and load balancers
+
+
+def key_digest(key: str) -> bytes:
+    """SHA-256 of the API key: what replicas hold and compare (the key itself is not sent to them)."""
+    return hashlib.sha256(key.encode()).digest()
+
+
+def auth_problem(authorization: str | None, digest: bytes) -> str | None:
+    """None when ``Authorization: Bearer <token>`` matches the key whose digest is ``digest``; else a one-line reason
+    for the 401 (it never repeats what was sent). The digests are compared in constant time."""
+    if not authorization:
+        return "missing bearer token: send 'Authorization: Bearer <serve.api_key>'"
+    scheme, _, token = authorization.strip().partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return "malformed Authorization header: expected 'Bearer <token>'"
+    if not hmac.compare_digest(key_digest(token.strip()), digest):
+        return "invalid bearer token"
+    return None
+
+
+# 4. Batching by step count -----------------------------------------------------------------------------------
 
 
 @dataclass

@@ -27,6 +27,10 @@ Run it with ``dynagen serve [--config FILE] [--host 127.0.0.1] [--port 8000]``, 
     curl -s localhost:8000/v1/images -H 'content-type: application/json' -d '{"prompt": "a red circle", "seed": 1}' -o a.png
     curl -s 'localhost:8000/v1/images?format=json' -H 'content-type: application/json' -d '{"prompt": "a star", "steps": 8}'
 
+Who may call: bound beyond loopback (or with ``serve.api_key_on_loopback``), every route but ``/healthz`` needs
+``-H "Authorization: Bearer $DYNAGEN_SERVE__API_KEY"``; the replicas hold only the key's SHA-256 and compare
+digests in constant time; a missing, malformed or wrong token gets 401 with a one-line reason.
+
 Importing this module loads Ray Serve and FastAPI but no model, reads no env var and starts nothing; even the
 FastAPI app is built per replica (:func:`make_api`), from the settings the deployment was bound with, so its limits
 (request size, prompt length, batch size, steps) cannot be missing.
@@ -48,6 +52,7 @@ from ray import serve
 from dynagen.core.errors import one_line, runtime_error
 from dynagen.app.serve.api import (
     LATENCY_BUCKETS_MS,
+    OPEN_PATHS,
     STEPS_BUCKETS,
     BatchRecord,
     ClientError,
@@ -58,6 +63,7 @@ from dynagen.app.serve.api import (
     RouteResult,
     StepsRequest,
     StepsResponse,
+    auth_problem,
     check_content_length,
     check_prompt,
     check_prompts,
@@ -65,11 +71,15 @@ from dynagen.app.serve.api import (
     clean_validation_errors,
     distinct_steps,
     endpoint_tag,
+    key_digest,
 )
-from dynagen.core.settings import Settings, settings_from_json
+from dynagen.core.settings import Settings, secret_exclude, settings_from_json
 
 log = logging.getLogger("ray.serve")
-SECRET_FIELDS = {"storage": {"access_key_id", "secret_access_key"}}
+
+
+class AuthConfigError(ValueError):
+    """The app would be open beyond loopback: no API key configured."""
 
 
 def _threads(num_cpus: float) -> int:
@@ -168,8 +178,14 @@ def make_api(gateway: "Gateway") -> FastAPI:
     @api.middleware("http")
     async def limits_and_metrics(request: Request, call_next):
         t0 = time.perf_counter()
-        err = check_content_length(request.headers.get("content-length"), max_request_bytes)
-        response = JSONResponse(err.body(), status_code=err.status) if err else await call_next(request)
+        denied = None
+        if g.key_digest is not None and request.url.path not in OPEN_PATHS:
+            denied = auth_problem(request.headers.get("authorization"), g.key_digest)
+        err = None if denied else check_content_length(request.headers.get("content-length"), max_request_bytes)
+        if denied:
+            response = JSONResponse({"detail": denied}, status_code=401, headers={"WWW-Authenticate": "Bearer"})
+        else:
+            response = JSONResponse(err.body(), status_code=err.status) if err else await call_next(request)
         tag = endpoint_tag(request.url.path)
         g.m_requests.inc(1, tags={"endpoint": tag, "status": str(response.status_code)})
         g.m_latency.observe((time.perf_counter() - t0) * 1000, tags={"endpoint": tag})
@@ -211,10 +227,11 @@ def make_api(gateway: "Gateway") -> FastAPI:
 @serve.deployment
 @serve.ingress()  # no app at import: each replica builds its own from its settings (make_api)
 class Gateway:
-    def __init__(self, settings_json: str, images):
+    def __init__(self, settings_json: str, images, key_digest: bytes | None = None):
         from ray.serve import metrics
 
         self.settings: Settings = settings_from_json(settings_json)
+        self.key_digest = key_digest  # None = open (loopback without api_key_on_loopback); see build_app
         s = self.settings
         self.images = images
         threads = _threads(s.serve.ingress_num_cpus)
@@ -314,10 +331,23 @@ class Gateway:
 def build_app(settings: Settings):
     """The Serve application (Gateway → ImageGenerator) with replicas, CPUs and autoscaling from ``settings.serve``.
 
-    Secrets never travel to replicas: the settings payload leaves out the storage keys (the app does not use S3).
+    Secrets never travel to replicas: the settings payload leaves out the storage keys (the app does not use S3) and
+    the API key, of which the Gateway gets only the digest. Raises ValueError (one line) for settings the app cannot
+    honour, :class:`AuthConfigError` (a ValueError) when the app would be open beyond loopback.
     """
+    if settings.images.batching != "grouped":
+        # Requests joining a running active set need an async scheduler loop in the replica: not built yet.
+        raise ValueError("images.batching=continuous is for batch jobs; Serve batches one step count per batch")
     s = settings.serve
-    payload = settings.model_dump_json(exclude=SECRET_FIELDS)
+    payload = settings.model_dump_json(exclude=secret_exclude())
+    # The replicas get the key's digest, not the key: it stays out of deployment args, Serve's config and logs.
+    digest = None
+    if s.auth_required():
+        if s.api_key is None:
+            raise AuthConfigError(
+                f"serve.host {s.host} is not loopback: set serve.api_key (env DYNAGEN_SERVE__API_KEY) so callers "
+                "need a bearer token, or bind 127.0.0.1")
+        digest = key_digest(s.api_key.get_secret_value())
     images = ImageGenerator.options(
         name="ImageGenerator",
         ray_actor_options={"num_cpus": s.images_num_cpus, "num_gpus": s.images_num_gpus},
@@ -333,7 +363,7 @@ def build_app(settings: Settings):
         autoscaling_config={"min_replicas": s.ingress_min_replicas, "max_replicas": s.ingress_max_replicas,
                             "initial_replicas": max(1, s.ingress_min_replicas),
                             "target_ongoing_requests": s.ingress_target_ongoing_requests},
-    ).bind(payload, images)
+    ).bind(payload, images, digest)
 
 
 def app_builder(args: dict):

@@ -127,8 +127,3 @@ def test_committed_model_puts_objects_where_the_caption_says():
     imgs = tinymodel.generate(p, prompts, steps=30, seed=0)
     right = sum(tinymodel.position_of(im, bg) == pos for im, (pos, (_, _, bg)) in zip(imgs, asks))
     assert right >= POSITION_MIN_RIGHT, (right, len(asks))
-
-
-def test_train_refuses_vae_init_from_with_a_skipped_vae_stage(tmp_path):
-    with pytest.raises(ValueError, match="give only one"):
-        tinymodel.train(tmp_path / "m", minutes=0.01, vae_init_from="a", vae_from="b")

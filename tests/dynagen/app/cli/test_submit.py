@@ -383,3 +383,10 @@ def test_missing_credentials_or_a_python_without_dynagen_fail_in_one_line(head, 
     assert r.exit_code == 1 and "FAILED" in err, out + err
     errors = [ln for ln in out.splitlines() if ln.startswith("error: ")]
     assert len(errors) == 1 and "cannot run dynagen: missing" in errors[0] and "Traceback" not in out, out
+
+
+def test_payload_leaves_the_serve_key_out(tmp_path):
+    root = Path(__file__).resolve().parents[4]
+    settings, _ = load_settings(None, {"images.steps": 2}, env={"DYNAGEN_SERVE__API_KEY": "serve-key-0123456789abcdef"})
+    payload, env = job_payload(settings, root)
+    assert "serve" not in json.loads(payload) and "serve-key" not in payload and "****" not in payload

@@ -351,3 +351,12 @@ def test_app_builder_takes_manifest_args():
     assert isinstance(app_builder({"serve.images_min_replicas": 0, "images.scheduler": "euler"}), Application)
     with pytest.raises(SettingsError, match="serve.nope"):
         app_builder({"serve.nope": 1})
+
+
+def test_continuous_batching_is_refused_by_serve_in_one_line():
+    from dynagen.app.serve.deployments import build_app
+    from dynagen.core.settings import load_settings
+
+    settings, _ = load_settings(None, {"images.batching": "continuous"}, env={})
+    with pytest.raises(ValueError, match="continuous is for batch jobs"):
+        build_app(settings)

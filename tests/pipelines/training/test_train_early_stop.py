@@ -1,9 +1,9 @@
-"""The replay and selection rules of jobs/calibrate_early_stop.py (pure: no model)."""
+"""The replay and selection rules of the early-stop calibration (pipelines/training/early_stop.py; pure: no model)."""
 
 import numpy as np
 import pytest
 
-from jobs.calibrate_early_stop import auc, choose, replay, summarise
+from pipelines.training.early_stop import auc, choose, replay, summarise
 
 
 def _traj():
@@ -54,3 +54,18 @@ def test_auc():
     assert auc(np.array([0.9, 0.8, 0.2, 0.1]), y) == 0.0
     assert auc(np.array([0.5] * 4), y) == 0.5
     assert np.isnan(auc(np.array([0.1, 0.2]), np.array([1, 1])))
+
+
+def test_fit_signal_learns_a_separable_rule_and_round_trips(tmp_path):
+    from actors.early_stop import LearnedSignal
+    from pipelines.training.early_stop import fit_signal
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(400, 5))
+    y = (x[:, 3] - 0.5 * x[:, 0] > 0).astype(float)  # passes late in the budget and when x̂0 moves little
+    sig = fit_signal(x, y, level=0.8, meta={"criterion": 0.995})
+    assert np.mean((sig.prob(x) >= 0.5) == y) > 0.95
+    assert sig.weights[3] > 0 > sig.weights[0]
+    back = LearnedSignal.load(sig.save(tmp_path))
+    assert back == sig and back.meta["criterion"] == 0.995
+    np.testing.assert_allclose(back.prob(x), sig.prob(x))

@@ -1,0 +1,85 @@
+"""Continuous batching (actors/continuous.py): the pipeline's image per sample, whatever joins or leaves around it."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from actors.continuous import ContinuousSampler, Request
+from actors.diffusion import DiffusionCore
+
+COMMITTED = Path(__file__).resolve().parents[2] / "models" / "tiny-sd"
+PROMPTS = ["a large red circle on the left on a white background", "many tiny blue stars on a black background",
+           "shapes", "two finely striped green squares at the top", "a yellow triangle", "something on the left"]
+
+
+def _core(scheduler: str) -> DiffusionCore:
+    if not (COMMITTED / "model_index.json").is_file():
+        pytest.skip("committed models/tiny-sd not present")
+    return DiffusionCore(str(COMMITTED), scheduler, batch_size=8, num_threads=2)
+
+
+def _max_diff(a, b) -> int:
+    return int(np.abs(a.astype(int) - b.astype(int)).max())
+
+
+@pytest.mark.parametrize("scheduler", ["ddim", "euler", "dpm++"])
+def test_mixed_step_counts_in_one_active_set_give_the_pipelines_images(scheduler):
+    """Same seed and step count ⇒ the plain pipeline's image (≤ 1/255), with samples of other counts joining and
+    leaving around it: six requests of four counts through three slots, so every finish frees a slot mid-run."""
+    core = _core(scheduler)
+    steps = [4, 9, 4, 15, 6, 9]
+    seeds = [11, 12, 13, 14, 15, 16]
+    reqs = [Request(i, p, s, n) for i, (p, s, n) in enumerate(zip(PROMPTS, seeds, steps))]
+    sampler = ContinuousSampler(core.pipe, core.guidance_scale, max_batch=3)
+    done = {f.key: f for f in sampler.run(reqs)}
+    assert sorted(done) == list(range(len(reqs)))
+    for i in range(len(reqs)):
+        ref = core.generate([PROMPTS[i]], [seeds[i]], steps[i])[0]
+        assert _max_diff(done[i].image, ref) <= 1, (scheduler, i)
+        assert done[i].steps == steps[i] and done[i].unet_evals == 2 * steps[i]
+    # A freed slot is refilled at the next tick: the set stays full until the queue is empty.
+    per_tick = sampler.stats.active_per_tick
+    assert sampler.stats.sample_steps == sum(steps) and len(per_tick) == sampler.stats.ticks
+    first_short = min(steps)
+    assert all(a == 3 for a in per_tick[: first_short + 1])  # the 4-step samples' slots were refilled at once
+    assert sampler.stats.fill > 0.8
+
+
+def test_a_sample_does_not_depend_on_its_neighbours_or_arrival_order():
+    core = _core("ddim")
+    target = Request(0, PROMPTS[1], 7, 8)
+    alone = ContinuousSampler(core.pipe, core.guidance_scale, max_batch=1).run([target])[0]
+    others = [Request(k, p, 100 + k, n) for k, (p, n) in enumerate(zip(PROMPTS, [3, 12, 5, 20, 7, 9]), start=1)]
+    crowd = ContinuousSampler(core.pipe, core.guidance_scale, max_batch=4).run(others[:4] + [target] + others[4:])
+    got = next(f for f in crowd if f.key == 0)
+    assert _max_diff(got.image, alone.image) <= 1
+    assert got.first_tick > 0  # it joined a running set
+    assert got.mean_active > 1  # and shared its UNet calls
+
+
+def test_bad_requests_and_sizes_are_refused_before_running():
+    core = _core("ddim")
+    with pytest.raises(ValueError, match="max_batch"):
+        ContinuousSampler(core.pipe, core.guidance_scale, max_batch=0)
+    sampler = ContinuousSampler(core.pipe, core.guidance_scale, max_batch=2)
+    with pytest.raises(ValueError, match="request 1: steps"):
+        sampler.run([Request(0, "a", 1, 4), Request(1, "b", 2, 0)])
+    assert sampler.stats.ticks == 0
+
+
+def test_a_request_submitted_mid_run_joins_at_the_next_tick():
+    """The incremental API a server drives: submit while samples run, step until idle."""
+    core = _core("ddim")
+    sampler = ContinuousSampler(core.pipe, core.guidance_scale, max_batch=4)
+    sampler.submit([Request(0, PROMPTS[0], 1, 6), Request(1, PROMPTS[2], 2, 6)])
+    done = sampler.step() + sampler.step()
+    late = Request(2, PROMPTS[3], 3, 4)
+    sampler.submit([late])
+    while sampler.busy:
+        done += sampler.step()
+    got = {f.key: f for f in done}
+    assert sorted(got) == [0, 1, 2] and got[2].first_tick == 2 and got[2].mean_active == 3
+    ref = core.generate([late.prompt], [late.seed], late.steps)[0]
+    assert _max_diff(got[2].image, ref) <= 1
+    assert sampler.step() == []  # idle: nothing to do

@@ -1,0 +1,23 @@
+"""bench/continuous.py's smoke run: both modes make the same images, continuous needs fewer UNet calls."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_smoke_run_writes_side_by_side_figures(tmp_path, monkeypatch):
+    if not (REPO / "models" / "tiny-sd" / "model_index.json").is_file():
+        pytest.skip("committed models/tiny-sd not present")
+    from bench.continuous import main
+
+    monkeypatch.chdir(REPO)
+    out = tmp_path / "c.json"
+    assert main(["--smoke-test", "--threads", "1", "--out", str(out)]) == 0
+    r = json.loads(out.read_text())
+    g, c = r["modes"]["grouped"], r["modes"]["continuous"]
+    assert r["max_pixel_diff"] <= 1
+    assert g["unet_evals"] == c["unet_evals"] == 2 * sum(int(k) * v for k, v in r["steps_histogram"].items())
+    assert c["unet_calls"] < g["unet_calls"] and c["mean_call_fill"] > g["mean_call_fill"]
