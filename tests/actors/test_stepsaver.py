@@ -199,8 +199,7 @@ def test_a_prompts_steps_do_not_depend_on_its_batch(committed):
     pool = ["a red circle", "a star", "shapes", "a shape on a dark background"] + synth.example_prompts(40, 7) + [
         "an astronaut riding a horse, highly detailed, trending on artstation, 8k", "x " * 200]
     alone = {p: committed.predict_steps([p])[0] for p in pool}
-    actor = StepSaverActor.__new__(StepSaverActor)  # the job's wrapper around the same loaded predictor
-    actor.predictor, actor.risk = committed, None
+    actor = StepSaverActor(str(REPO / "models" / "stepsaver"), num_threads=1)  # the job's wrapper, loaded apart
 
     @settings(max_examples=12, deadline=None, suppress_health_check=list(HealthCheck))
     @given(st.lists(st.sampled_from(pool), min_size=1, max_size=24))
