@@ -19,7 +19,7 @@ def run_and_report(settings: Settings, src: str, dest: str, run_id: str | None =
     from jobs.common import print_failures
     from pipelines.common import RunError
     from pipelines.progress import make_view, quiet_ray, ray_log_dir
-    from pipelines.llm import run
+    from pipelines.llm import run, share_warning
 
     console = Console(stderr=True)
     try:
@@ -38,6 +38,8 @@ def run_and_report(settings: Settings, src: str, dest: str, run_id: str | None =
     for route, p in s.pools.items():
         console.print(f"  {route}: {p['model']} · {p['completion_tokens']} tokens · {p['tokens_per_s']:.1f} tokens/s"
                       f" · {p['truncated']} truncated", highlight=False)
+    if (warning := share_warning(s)) is not None:
+        console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
     print_failures(console, s)
     console.print(f"summary: {dest.rstrip('/')}/runs/{s.run_id}.json  responses: {dest.rstrip('/')}/responses/",
                   highlight=False)

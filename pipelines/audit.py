@@ -12,6 +12,10 @@ from dataclasses import dataclass, field
 from dynagen.core.storage import Storage
 
 
+class AuditError(RuntimeError):
+    """The destination cannot be audited (missing, or holds no dynagen output); one line."""
+
+
 @dataclass
 class AuditReport:
     rows: int = 0  # metadata rows (a retried id has one per attempt)
@@ -23,6 +27,7 @@ class AuditReport:
     orphans: list[str] = field(default_factory=list)  # images with no ok row
     failed_without_reason: list[str] = field(default_factory=list)
     lost: list[str] = field(default_factory=list)  # expected ids with no row at all
+    unexpected: list[str] = field(default_factory=list)  # ids with rows that the expected input does not hold
 
     @property
     def clean(self) -> bool:
@@ -56,4 +61,15 @@ def audit(storage: Storage, expected_ids: set[str] | None = None, open_images: b
     r.orphans = sorted(images - ok_ids)
     if expected_ids is not None:
         r.lost = sorted(expected_ids - set(best))
+        r.unexpected = sorted(set(best) - expected_ids)
     return r
+
+
+def check_destination(storage: Storage) -> None:
+    """Raise AuditError unless ``storage`` holds a run's output: a wrong path must not pass as a clean audit."""
+    from pathlib import Path
+
+    if not storage.s3 and not Path(storage.root).is_dir():
+        raise AuditError(f"{storage.root} does not exist")
+    if not any(storage.list(d) for d in ("metadata", "runs", "images")):
+        raise AuditError(f"{storage.root} holds no dynagen output (no metadata/, runs/ or images/): wrong path?")

@@ -13,6 +13,9 @@ from dynagen.core.settings import Settings
 from dynagen.core.sources import ShardError, check_shard, list_shards
 from dynagen.core.storage import Storage
 
+# Inputs up to this size are read once on the driver before Ray starts, so a rerun with nothing new ends in seconds;
+# bigger ones go straight to Ray (reading them twice would cost more than Ray's start).
+NOTHING_NEW_MAX_BYTES = 64 * 2**20
 LIGHT_CPU = 0.25  # read/normalize/claim/write tasks and small actors: never starve the model actors of CPU
 
 
@@ -52,12 +55,35 @@ def check_inputs(settings: Settings, src: str):
         try:
             good.append(dataclasses.replace(shard, rows=check_shard(shard, fs)))
         except ShardError as e:
-            if not settings.images.skip_bad_shards:
-                raise RunError(f"bad shard (nothing generated; --skip-bad-shards to skip it): {e}") from None
             bad.append({"shard": shard.uri, "error": str(e)})
+    if bad and not settings.images.skip_bad_shards:
+        # Every bad shard named at once: fixing them one rerun at a time would be slow.
+        what = "bad shard" if len(bad) == 1 else f"{len(bad)} bad shards"
+        raise RunError(f"{what} (nothing generated; --skip-bad-shards to skip): " + "; ".join(b["error"] for b in bad))
     if not good:
         raise RunError(f"no usable prompt shards at {src}")
     return good, bad, fs
+
+
+def nothing_new(shards, fs, max_prompt_chars: int, done: set[str], limit: int | None = None) -> dict[str, int] | None:
+    """The ledger's counts (``new``, ``done``, ``duplicate``) when no input row needs work, else None.
+
+    Read here on the driver, before Ray or any model starts: a rerun of a finished run then costs a read of its input
+    and of the destination's metadata. None when the input is larger than ``NOTHING_NEW_MAX_BYTES``."""
+    from actors.ledger import NEW, IdLedger
+    from dynagen.core.sources import shard_rows
+
+    if sum(fs.get_file_info(s.path).size or 0 for s in shards) > NOTHING_NEW_MAX_BYTES:
+        return None
+    ledger, read = IdLedger(done), 0
+    for shard in shards:
+        ids = [r["id"] for r in shard_rows(shard, fs, max_prompt_chars)]
+        if limit is not None:
+            ids = ids[: max(0, limit - read)]  # what Ray's limit keeps: the first rows in shard order
+        read += len(ids)
+        if NEW in ledger.claim(ids, shard.path):
+            return None
+    return ledger.stats()
 
 
 def claim_rows(batch, ledger):

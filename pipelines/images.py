@@ -11,7 +11,9 @@ from dynagen.core.records import RunSummary, artifact_fingerprint, model_fingerp
 from dynagen.core.settings import Settings
 from dynagen.core.sources import read_prompts
 from dynagen.core.storage import Storage
-from pipelines.common import LIGHT_CPU, RunError, check_inputs, claim_rows, new_run_id, now_iso, settings_record, write
+from pipelines.common import (
+    LIGHT_CPU, RunError, check_inputs, claim_rows, new_run_id, nothing_new, now_iso, settings_record, write,
+)
 
 
 def _fixed_steps(batch, steps: int, progress=None):
@@ -58,15 +60,23 @@ def run(settings: Settings, src: str, dest: str, run_id: str | None = None, view
         if not Path(s.stepsaver).is_dir():
             raise RunError(f"StepSaver model not found at {s.stepsaver}: pass --steps N or run 'dynagen train stepsaver'")
     shards, bad_shards, fs = check_inputs(settings, src)
-
-    ensure_ray(settings.ray)
     summary = RunSummary(run_id=run_id, source=src, dest=out.root, bad_shards=bad_shards, started_at=now_iso(),
                          settings=settings_record(settings), model_fingerprint=model_fingerprint(s.model),
                          stepsaver_fingerprint=artifact_fingerprint(s.stepsaver) if s.steps == "auto" else "")
 
-    # 2. Resume: ids already finished in dest are skipped; repeated ids are generated once. The progress board
-    #    (only with a view) hears planned steps from the step stage and finished rows from the diffusion actors.
-    ledger = ledger_mod.make_actor(done_ids(out))
+    # 2. Resume: ids already finished in dest are skipped; repeated ids are generated once. Nothing new: the run
+    #    is recorded and reported without starting Ray or a model. The progress board (only with a view) hears
+    #    planned steps from the step stage and finished rows from the diffusion actors.
+    done = done_ids(out)
+    counts = nothing_new(shards, fs, s.max_prompt_chars, done, s.limit)
+    if counts is not None:
+        sink = ImageSink(out, summary, batch_size=s.batch_size)
+        sink.on_write_start()
+        summary.skipped, summary.duplicates = counts["done"], counts["duplicate"]
+        write_report(out, sink.finish([]), sink.thumbs)
+        return sink.summary
+    ensure_ray(settings.ray)
+    ledger = ledger_mod.make_actor(done)
     board = None
     if view is not None:
         from actors.progress import make_actor as make_board

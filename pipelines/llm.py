@@ -14,7 +14,9 @@ import math
 from dynagen.core.records import ROUTES, LLMRunSummary
 from dynagen.core.settings import Settings
 from dynagen.core.storage import Storage
-from pipelines.common import LIGHT_CPU, RunError, check_inputs, claim_rows, new_run_id, now_iso, settings_record, write
+from pipelines.common import (
+    LIGHT_CPU, RunError, check_inputs, claim_rows, new_run_id, nothing_new, now_iso, settings_record, write,
+)
 
 ROUTER_BATCH = 256  # rows per router call: big enough to batch the encoder well, small enough to stream
 WINDOW_BATCHES = 4  # generation batches per LLM actor call: length-sorting needs a window of rows to sort
@@ -48,6 +50,22 @@ def _unanswered(batch, progress=None):
 
 
 # 2. The run ---------------------------------------------------------------------------------------------------
+
+
+SHARE_TOLERANCE = 0.05  # the router's documented accuracy on unseen prompts: ±5 points
+
+
+def share_warning(s: LLMRunSummary) -> str | None:
+    """One line when this run's realised large share misses the target by more than ``SHARE_TOLERANCE``, else None
+    (a calibrated threshold assumes prompts like the router's calibration set)."""
+    if s.realised_large_share is None or abs(s.realised_large_share - s.target_large_share) <= SHARE_TOLERANCE:
+        return None
+    routed = s.routes.get("small", 0) + s.routes.get("large", 0)
+    hint = (" (the calibrated threshold fits prompts like the router's calibration set; llm.share_mode: per_batch "
+            "sends the target share of each batch)" if s.share_mode == "calibrated" else "")
+    return (f"realised large share {100 * s.realised_large_share:.1f}% ({s.routes.get('large', 0)} of {routed}) is "
+            f"{100 * abs(s.realised_large_share - s.target_large_share):.1f} points off the target "
+            f"{100 * s.target_large_share:.0f}%{hint}")
 
 
 def run(settings: Settings, src: str, dest: str, run_id: str | None = None, view=None) -> LLMRunSummary:
@@ -90,16 +108,23 @@ def run(settings: Settings, src: str, dest: str, run_id: str | None = None, view
         except Exception as e:
             raise RunError(f"{r} model: {e}") from None
     shards, bad_shards, fs = check_inputs(settings, src)
-
-    ensure_ray(settings.ray)
     summary = LLMRunSummary(
         run_id=run_id, source=src, dest=out.root, bad_shards=bad_shards, router=s.router, target_large_share=share,
         share_mode=s.share_mode, threshold=None if threshold is None or math.isinf(threshold) else threshold,
         started_at=now_iso(), settings=settings_record(settings),
     )
 
-    # 2. Resume: ids already answered in dest are skipped; repeated ids are answered once.
-    ledger = ledger_mod.make_actor(response_done_ids(out))
+    # 2. Resume: ids already answered in dest are skipped; repeated ids are answered once. Nothing new: the run is
+    #    recorded without starting Ray or a model.
+    done = response_done_ids(out)
+    counts = nothing_new(shards, fs, s.max_prompt_chars, done, s.limit)
+    if counts is not None:
+        sink = ResponseSink(out, summary)
+        sink.on_write_start()
+        summary.skipped, summary.duplicates = counts["done"], counts["duplicate"]
+        return sink.finish([])
+    ensure_ray(settings.ray)
+    ledger = ledger_mod.make_actor(done)
     board = None
     if view is not None:
         from actors.progress import make_actor as make_board

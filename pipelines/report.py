@@ -20,6 +20,15 @@ def _bars(hist: dict[str, int], label: str) -> str:
     return f"<table class=hist><tr><th>steps</th><th></th><th>prompts</th></tr>{rows}</table>"
 
 
+def _no_predictions(s: RunSummary) -> str:
+    """Why the predicted-steps histogram is empty, in this run's terms."""
+    if str((s.settings or {}).get("images", {}).get("steps", "auto")) != "auto":
+        return "predictions (fixed steps run)"
+    if s.ok + s.failed == 0:
+        return "predictions: nothing new to generate in this run"
+    return "predictions (every prompt had its own steps value)"
+
+
 def _by_steps(s: RunSummary) -> str:
     if not s.steps_breakdown:
         return ""
@@ -53,12 +62,14 @@ def render_report(s: RunSummary, thumbs: dict[str, list[tuple[str, str, bytes]]]
     """HTML page: headline counts, steps histograms, a contact sheet grouped by step count."""
     sheet = []
     for steps, items in thumbs.items():
+        total = s.steps_histogram.get(steps, len(items))
         cells = "".join(
             f"<figure><img src='data:image/png;base64,{base64.b64encode(png).decode()}' title='{html.escape(rid)}'>"
             f"<figcaption>{html.escape(prompt)}</figcaption></figure>"
             for rid, prompt, png in items
         )
-        sheet.append(f"<h3>{html.escape(steps)} steps</h3><div class=sheet>{cells}</div>")
+        sample = f" (a sample: {len(items)} of {total} images)" if total > len(items) else ""
+        sheet.append(f"<h3>{html.escape(steps)} steps{sample}</h3><div class=sheet>{cells}</div>")
     reasons = "".join(f"<li>{html.escape(k)}: {v}</li>" for k, v in s.failure_reasons.items())
     return f"""<!doctype html><html><head><meta charset=utf-8><title>dynagen run {html.escape(s.run_id)}</title>
 <style>body{{font-family:sans-serif;margin:2em}} .bar{{background:#4a7;height:12px}} .sheet{{display:flex;flex-wrap:wrap}}
@@ -72,9 +83,9 @@ td{{padding:0 6px}}</style></head><body>
 {_made_from(s)}
 <h2>Steps run</h2>{_bars(s.steps_histogram, "generated images")}
 {_by_steps(s)}
-<h2>Predicted steps</h2>{_bars(s.predicted_steps_histogram, "predictions (fixed steps run)")}
+<h2>Predicted steps</h2>{_bars(s.predicted_steps_histogram, _no_predictions(s))}
 {"<h2>Failures</h2><ul>" + reasons + "</ul>" + _failures(s) if reasons else ""}
-<h2>Contact sheet by step count</h2>{"".join(sheet) or "<p>No images.</p>"}
+<h2>Contact sheet by step count{" (a sample of each count)" if sum(map(len, thumbs.values())) < s.ok else ""}</h2>{"".join(sheet) or "<p>No images.</p>"}
 </body></html>"""
 
 

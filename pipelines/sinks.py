@@ -29,7 +29,7 @@ from ray.data import Datasink
 from dynagen.core.errors import root_cause
 from dynagen.core.records import (
     ERROR, FAILED, FINAL_STATUSES, MAX_FAILURES, METADATA_COLUMNS, OK, RESPONSE_COLUMNS, ROUTES, RUNNING, LLMRunSummary, PoolStats,
-    RunSummary, metadata_schema, outcome_totals, outcomes, response_schema,
+    RunSummary, metadata_schema, outcome_totals, outcomes, reason_key, response_schema,
 )
 from dynagen.core.storage import Storage
 
@@ -85,7 +85,7 @@ def block_stats(rows: dict[str, list]) -> dict[str, Any]:
         "unet_evals": sum(int(rows["unet_evals"][i]) for i in ok),
         "steps_histogram": Counter(str(int(rows["steps"][i])) for i in ok),
         "predicted_steps_histogram": Counter(str(int(v)) for v in rows.get("predicted_steps", []) if v),
-        "failure_reasons": Counter((e or "").split(";")[0][:80] for s, e in zip(rows["status"], rows["error"]) if s != "ok"),
+        "failure_reasons": Counter(reason_key(e) for s, e in zip(rows["status"], rows["error"]) if s != "ok"),
         "batches": {rows["batch_id"][i]: int(rows["batch_size"][i]) for i in ok},
         "by_steps": {},
         "failures": [{"id": rows["id"][i], "status": st, "error": (rows["error"][i] or "")[:200]}
@@ -348,7 +348,7 @@ def response_block_stats(rows: dict[str, list]) -> dict[str, Any]:
         else:
             failed += 1
             retryable += status == ERROR
-            reasons[(rows["error"][i] or "").split(";")[0][:80]] += 1
+            reasons[reason_key(rows["error"][i])] += 1
         if route not in ROUTES:
             continue
         p = pools.setdefault(route, asdict(PoolStats(model=rows["model"][i] or "")))

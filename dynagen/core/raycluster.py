@@ -7,6 +7,24 @@ import os
 from dynagen.core.settings import RaySettings
 
 
+def _explicit_token_auth() -> None:
+    """Token auth on for an embedded local Ray (its default since 2.59), said explicitly: left to its default, Ray
+    warns about it on every run. RAY_AUTH_MODE set by the user wins. Where no token exists yet (Ray would write
+    ~/.ray/auth_token), this process's private cluster gets a random one in its env: on, and nothing written."""
+    import secrets
+    from pathlib import Path
+
+    if "RAY_AUTH_MODE" in os.environ:
+        return
+    os.environ["RAY_AUTH_MODE"] = "token"
+    if not (os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")
+            or Path("~/.ray/auth_token").expanduser().is_file()):
+        os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
+    from ray._raylet import Config  # Ray caches its config at import: re-read it, as its own token set-up does
+
+    Config.initialize("")
+
+
 def ensure_ray(rs: RaySettings | None = None) -> None:
     """Connect to ``rs.address`` or start an embedded local Ray (no-op if Ray is already up)."""
     import ray
@@ -20,4 +38,5 @@ def ensure_ray(rs: RaySettings | None = None) -> None:
     if rs.address:
         ray.init(address=rs.address, log_to_driver=True)
     else:
+        _explicit_token_auth()
         ray.init(num_cpus=rs.num_cpus, include_dashboard=False, log_to_driver=True)

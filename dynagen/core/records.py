@@ -85,6 +85,19 @@ def metadata_schema():
     return pa.schema([(c, types[c]) for c in METADATA_COLUMNS])
 
 
+def reason_key(error: str | None) -> str:
+    """The kind of a failed row's reason, for a run's failure counts: its first reason without the row's own
+    values (the id or seed it quoted, a line number), so rows failing alike count together.
+    'invalid id \'../x\' (allowed: …)' → 'invalid id'; 'invalid JSON line 3 (Expecting value)' → 'invalid JSON line'."""
+    import re
+
+    first = (error or "").split("; ")[0].strip()
+    if first.startswith("generation failed"):
+        return first[:80]  # the cause is the point: keep the exception's name and message
+    key = re.split(r"\s*['\"(]", first, maxsplit=1)[0]
+    return re.sub(r"\s+\d+$", "", key)[:80] or "unknown"
+
+
 def content_id(*parts: Any) -> str:
     """A stable id from a row's content: reruns and re-reads of the same row get the same id."""
     h = hashlib.sha256("\x1f".join("" if p is None else str(p) for p in parts).encode("utf-8", "surrogatepass"))

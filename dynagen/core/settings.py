@@ -75,7 +75,8 @@ class StorageSettings(_Section):
     endpoint_url: str | None = Field(
         None, description="S3 endpoint for non-AWS stores (SeaweedFS, MinIO). Falls back to AWS_ENDPOINT_URL."
     )
-    region: str = Field("us-east-1", description="S3 region.")
+    region: str | None = Field(None, description="S3 region. Falls back to AWS_REGION / AWS_DEFAULT_REGION, "
+                               "else us-east-1.")
     access_key_id: SecretStr | None = Field(
         None, description="S3 access key. Prefer the standard AWS env vars or profile; never printed."
     )
@@ -309,6 +310,25 @@ def secret_exclude() -> dict[str, set[str]]:
         out.setdefault(section, set()).add(name)
     return out
 
+# Storage settings left unset take the standard AWS env vars, in this order: the one rule S3 clients, `config show`
+# and `dynagen submit` (which forwards them to the job) share.
+STORAGE_ENV = {
+    "storage.endpoint_url": ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"),
+    "storage.region": ("AWS_REGION", "AWS_DEFAULT_REGION"),
+    "storage.access_key_id": ("AWS_ACCESS_KEY_ID",),
+    "storage.secret_access_key": ("AWS_SECRET_ACCESS_KEY",),
+}
+DEFAULT_REGION = "us-east-1"
+
+
+def storage_from_env(key: str, env: Mapping[str, str] | None = None) -> tuple[str, str] | None:
+    """(value, env var name) of the first AWS env var set for the storage setting ``key``, or None."""
+    env = os.environ if env is None else env
+    for name in STORAGE_ENV.get(key, ()):
+        if env.get(name):
+            return env[name], name
+    return None
+
 
 def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
@@ -401,13 +421,19 @@ def settings_from_json(payload: str) -> Settings:
         raise SettingsError(f"setting '{'.'.join(map(str, err['loc']))}': {err['msg']}") from None
 
 
-def describe(settings: Settings, sources: Mapping[str, str]) -> list[tuple[str, str, str]]:
-    """(key, value, source) rows with secrets masked, for ``dynagen config show``."""
+def describe(settings: Settings, sources: Mapping[str, str],
+             env: Mapping[str, str] | None = None) -> list[tuple[str, str, str]]:
+    """(key, value, source) rows with secrets masked, for ``dynagen config show``: the values a run uses, so an
+    unset storage setting shows the AWS env var it falls back to (source ``env AWS_…``)."""
     rows = []
     for key, value in sorted(_flatten(settings.model_dump()).items()):
+        source = sources.get(key, "default")
+        if value is None and (found := storage_from_env(key, env)) is not None:
+            value, source = found[0], f"env {found[1]}"
+        elif key == "storage.region" and value is None:
+            value = DEFAULT_REGION
         if key in SECRET_KEYS and value is not None:
             value = "********"
-        source = sources.get(key, "default")
         if key == "models_dir" and source == "default":
             source = f"default ({default_models_dir()[1]})"  # which of the two defaults it resolved to
         rows.append((key, "" if value is None else str(value), source))

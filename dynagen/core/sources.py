@@ -169,7 +169,7 @@ def normalize_row(raw: dict[str, Any], max_prompt_chars: int) -> dict[str, Any]:
         row_id = str(id_raw)
         if not ID_PATTERN.match(row_id):
             # Never build a key from it: derive a safe one and record why.
-            errors.append(f"invalid id {row_id[:60]!r} (allowed: letters, digits, '.', '_', '-'; max 128)")
+            errors.append(f"invalid id {row_id[:60]!r} (allowed: letters, digits, '.', '_', '-', at most 128)")
             row_id = "bad-" + content_id(row_id)
     if seed is None:
         seed = seed_from_id(row_id)
@@ -181,15 +181,23 @@ def normalize_row(raw: dict[str, Any], max_prompt_chars: int) -> dict[str, Any]:
     }
 
 
-def parse_json_line(line: str) -> dict[str, Any]:
-    """A JSONL line → raw row; an invalid line becomes a row that normalizes to a failure."""
+def parse_json_line(line: str, lineno: int | None = None) -> dict[str, Any]:
+    """A JSONL line → raw row; an invalid line becomes a row that normalizes to a failure (naming its line number,
+    1-based, when known)."""
+    where = f" {lineno}" if lineno is not None else ""
     try:
         obj = json.loads(line)
     except json.JSONDecodeError as e:
-        return {"prompt": None, "_line": line, "_error": f"invalid JSON line ({e.msg})"}
+        return {"prompt": None, "_line": line, "_error": f"invalid JSON line{where} ({e.msg})"}
     if not isinstance(obj, dict):
-        return {"prompt": None, "_line": line, "_error": f"JSON line is a {type(obj).__name__}, not an object"}
+        at = f" (line {lineno})" if lineno is not None else ""
+        return {"prompt": None, "_line": line, "_error": f"JSON line is a {type(obj).__name__}, not an object{at}"}
     return obj
+
+
+def jsonl_lines(text: str) -> list[tuple[int, str]]:
+    """(line number, line) for every non-blank line of a JSONL shard: what becomes a row."""
+    return [(n, line) for n, line in enumerate(text.splitlines(), start=1) if line.strip()]
 
 
 def normalize_batch(batch: dict[str, Iterable], max_prompt_chars: int, jsonl: bool = False) -> dict[str, list]:
@@ -199,7 +207,10 @@ def normalize_batch(batch: dict[str, Iterable], max_prompt_chars: int, jsonl: bo
     lists = {c: list(batch[c]) for c in cols}
     out: dict[str, list] = {k: [] for k in ROW_COLUMNS}
     for i in range(n):
-        raw = parse_json_line(lists["text"][i]) if jsonl else {c: lists[c][i] for c in cols if c != "path"}
+        if jsonl:
+            raw = parse_json_line(lists["text"][i], lists["lineno"][i] if "lineno" in lists else None)
+        else:
+            raw = {c: lists[c][i] for c in cols if c != "path"}
         for k, v in normalize_row(raw, max_prompt_chars).items():
             out[k].append(v)
     # Which shard a row came from (Ray's include_paths column), kept for the metadata and the id ledger.
@@ -213,6 +224,41 @@ def csv_options():
 
     # Everything as strings so a bad seed fails its row instead of the shard's type inference.
     return pacsv.ConvertOptions(column_types={c: pa.string() for c in ("prompt", *OPTIONAL_COLUMNS)})
+
+
+def shard_rows(shard: Shard, fs, max_prompt_chars: int) -> list[dict[str, Any]]:
+    """A checked shard's normalized rows, read here without Ray (the driver's look at its input: ``audit
+    --prompts``, the no-op check before a run). The same rows, ids included, as :func:`read_prompts` gives."""
+    if shard.format == "jsonl":
+        with fs.open_input_stream(shard.path) as f:
+            text = f.read().decode("utf-8")
+        lines = jsonl_lines(text)
+        batch = {"text": [t for _, t in lines], "lineno": [n for n, _ in lines]}
+        out = normalize_batch(batch, max_prompt_chars, jsonl=True)
+    else:
+        if shard.format == "parquet":
+            import pyarrow.parquet as pq
+
+            with fs.open_input_file(shard.path) as f:
+                table = pq.read_table(f)
+        else:
+            import pyarrow.csv as pacsv
+
+            with fs.open_input_stream(shard.path) as f:
+                table = pacsv.read_csv(f, convert_options=csv_options())
+        out = normalize_batch(table.to_pydict(), max_prompt_chars)
+    n = len(out["id"])
+    return [{k: v[i] for k, v in out.items()} for i in range(n)]
+
+
+def input_ids(shards: list[Shard], fs, max_prompt_chars: int, limit: int | None = None) -> list[str]:
+    """Every row's id over the shards, in shard order (repeats kept), at most ``limit`` rows."""
+    ids: list[str] = []
+    for shard in shards:
+        ids.extend(r["id"] for r in shard_rows(shard, fs, max_prompt_chars))
+        if limit is not None and len(ids) >= limit:
+            return ids[:limit]
+    return ids
 
 
 # Reading with Ray Data -------------------------------------------------------------------------------------
@@ -246,8 +292,19 @@ def read_prompts(shards: list[Shard], fs, max_prompt_chars: int, num_cpus: float
         finally:
             ctx.use_datasource_v2 = v2
     if "jsonl" in by_fmt:
-        # read_text, not read_json: one bad line must fail one row, not the whole shard.
-        parts.append(ray.data.read_text(by_fmt["jsonl"], **kw).map_batches(_norm(True), num_cpus=num_cpus))
+        # Whole files, split into lines here (not read_json: one bad line must fail one row, not the whole shard;
+        # not read_text: a failed line's reason names its line number).
+        def lines(batch):
+            out: dict[str, list] = {"text": [], "lineno": [], "path": []}
+            for data, path in zip(batch["bytes"], batch["path"]):
+                for n, line in jsonl_lines(bytes(data).decode("utf-8")):
+                    out["text"].append(line)
+                    out["lineno"].append(n)
+                    out["path"].append(path)
+            return {k: np.asarray(v, dtype=np.int64 if k == "lineno" else object) for k, v in out.items()}
+
+        ds = ray.data.read_binary_files(by_fmt["jsonl"], **kw).map_batches(lines, num_cpus=num_cpus)
+        parts.append(ds.map_batches(_norm(True), num_cpus=num_cpus))
     if "csv" in by_fmt:
         # Everything as strings so a bad seed fails its row instead of the shard's type inference.
         parts.append(ray.data.read_csv(by_fmt["csv"], convert_options=csv_options(), **kw).map_batches(_norm(False), num_cpus=num_cpus))

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from dynagen.core.settings import StorageSettings
+from dynagen.core.settings import DEFAULT_REGION, StorageSettings, storage_from_env
 
 if TYPE_CHECKING:
     import pyarrow.fs
@@ -61,8 +61,8 @@ class S3Options:
             if creds is not None:
                 frozen = creds.get_frozen_credentials()
                 key, secret = frozen.access_key, frozen.secret_key
-        endpoint = s.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-        region = s.region or os.environ.get("AWS_REGION") or "us-east-1"
+        endpoint = s.endpoint_url or (storage_from_env("storage.endpoint_url") or (None,))[0]
+        region = s.region or (storage_from_env("storage.region") or (DEFAULT_REGION,))[0]
         return cls(endpoint, region, key, secret, s.connect_timeout_s, s.max_attempts)
 
     def __repr__(self) -> str:  # never show credentials
@@ -141,7 +141,7 @@ class Storage:
             if create:
                 Path(self.root).mkdir(parents=True, exist_ok=True)
             return
-        from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError
+        from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError, NoCredentialsError
 
         bucket, _ = split_s3(self.root)
         where = self._opts.endpoint_url or "AWS S3"
@@ -160,6 +160,11 @@ class Storage:
             quick.head_bucket(Bucket=bucket)
         except EndpointConnectionError:
             raise StorageError(f"cannot reach S3 endpoint {where}") from None
+        except NoCredentialsError:
+            raise StorageError(
+                f"no S3 credentials for {self.root} in this environment: set AWS_ACCESS_KEY_ID and "
+                "AWS_SECRET_ACCESS_KEY (or storage.access_key_id / storage.secret_access_key, or an AWS profile)"
+            ) from None
         except ClientError as e:
             code = e.response.get("Error", {}).get("Code", "")
             if code in ("404", "NoSuchBucket", "NotFound"):

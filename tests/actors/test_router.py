@@ -30,7 +30,7 @@ def test_pgr_curve_ends_and_oracle_beats_random():
     assert apgr(shares, pgr) == pytest.approx(0.5, abs=0.03)
     o_shares, o_pgr = pgr_curve(strong - weak, weak, strong)
     assert apgr(o_shares, o_pgr) > 0.9
-    assert cpt(o_shares, o_pgr, 1.0) == pytest.approx(np.mean(strong - weak), abs=1e-9)  # exactly the gain rows
+    assert cpt(o_shares, o_pgr, 1.0) == pytest.approx(np.mean(strong - weak), abs=1e-6)  # exactly the gain rows
     m = route_metrics(strong - weak, weak, strong)
     assert m["cpt50"] < m["cpt80"] <= m["share_for_95pct_strong"] + 1e-9 or m["share_for_95pct_strong"] < m["cpt80"]
     with pytest.raises(ValueError):
@@ -113,8 +113,11 @@ def test_learned_router_scores_in_unit_interval_independent_of_batch(learned):
                "Find the degree of the field extension Q(sqrt(2)) over Q.", "Who wrote Hamlet?"]
     s = learned.score(prompts)
     assert all(0.0 <= v <= 1.0 for v in s)
-    # int8 dynamic quantization scales activations per batch, so a score moves a little with its batch mates.
-    assert learned.score(prompts[2:3])[0] == pytest.approx(s[2], abs=0.01)
+    # Per-token int8 scales and unpadded batches: the embedding is bit-identical in any batch; only the fp32 heads
+    # leave last-bit noise.
+    for i in range(len(prompts)):
+        assert learned.score(prompts[i : i + 1])[0] == pytest.approx(s[i], abs=1e-6)
+    assert learned.score(prompts[::-1])[::-1] == pytest.approx(s, abs=1e-6)
     assert learned.route(prompts, learned.threshold(1.0)) == [LARGE] * 4
     assert learned.route(prompts, learned.threshold(0.0)) == [SMALL] * 4
 

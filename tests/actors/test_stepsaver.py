@@ -177,3 +177,41 @@ def test_committed_artifact_loads_and_predicts_on_grid():
     steps = predictor.predict_steps(PROMPTS)
     assert set(steps) <= set(predictor.grid)
     assert predictor.config.calibration.get("model")  # provenance recorded
+
+
+@pytest.fixture(scope="module")
+def committed():
+    path = REPO / "models" / "stepsaver"
+    if not (path / CONFIG_FILE).is_file():
+        pytest.skip(f"no committed StepSaver artifact at {path}")
+    return StepPredictor.load(path, num_threads=1)
+
+
+def test_a_prompts_steps_do_not_depend_on_its_batch(committed):
+    """Property: a prompt gets the same steps alone and inside any batch, through the job's actor and through the
+    predictor call Serve batches requests with (its int8 encoder once quantised activations per batch: 'a red circle'
+    got 30 alone and 25 beside 'a star')."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from dynagen.world import synth
+
+    pool = ["a red circle", "a star", "shapes", "a shape on a dark background"] + synth.example_prompts(40, 7) + [
+        "an astronaut riding a horse, highly detailed, trending on artstation, 8k", "x " * 200]
+    alone = {p: committed.predict_steps([p])[0] for p in pool}
+    actor = StepSaverActor(str(REPO / "models" / "stepsaver"), num_threads=1)  # the job's wrapper, loaded apart
+
+    @settings(max_examples=12, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(st.lists(st.sampled_from(pool), min_size=1, max_size=24))
+    def check(batch):
+        assert committed.predict_checked(batch)[0] == [alone[p] for p in batch]  # Serve's call
+        n = len(batch)
+        out = actor({"prompt": np.array(batch, dtype=object), "status": np.array(["ok"] * n),
+                     "steps": np.zeros(n, dtype=np.int64), "error": np.array([""] * n)})
+        assert out["steps"].tolist() == [alone[p] for p in batch]  # the job's
+
+    check()
+    assert committed.predict_steps(["a red circle", "a star"])[0] == alone["a red circle"]
+    # Stronger than the steps: the embedding itself is bit-identical alone and in a batch.
+    emb = committed.encoder.encode(pool)
+    np.testing.assert_array_equal(emb[:3], np.stack([committed.encoder.encode([p])[0] for p in pool[:3]]))

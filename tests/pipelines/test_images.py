@@ -68,6 +68,56 @@ def test_run_local_mixed_shards_then_resume(ray_local, tiny_model, tmp_path):
     assert len(read_metadata(Storage(str(out)))) == 16
 
 
+def test_a_rerun_with_nothing_new_starts_no_ray(ray_local, tiny_model, tmp_path):
+    """A finished run's rerun reads its input and the destination on the driver and ends there: a fresh process
+    that runs it never starts Ray (the demo's rerun took 15 s of Ray and model start for zero rows)."""
+    import subprocess
+    import sys
+
+    write_shards(tmp_path / "in")
+    out = tmp_path / "out"
+    run(settings(tiny_model), str(tmp_path / "in"), str(out))
+    code = (
+        "import json, sys, ray\n"
+        "from dynagen.core.settings import load_settings\n"
+        "from pipelines.images import run\n"
+        "s = run(load_settings(None, {'images.model': sys.argv[1], 'images.steps': 2}, env={})[0], sys.argv[2], "
+        "sys.argv[3])\n"
+        "print(json.dumps([s.ok, s.failed, s.skipped, s.duplicates, ray.is_initialized()]))\n"
+    )
+    p = subprocess.run([sys.executable, "-c", code, tiny_model, str(tmp_path / "in"), str(out)], capture_output=True,
+                       text=True, timeout=300, cwd=Path(__file__).resolve().parents[2])
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout.strip().splitlines()[-1]) == [0, 0, 17, 0, False]  # as the in-Ray resume counts it
+    assert len(read_metadata(Storage(str(out)))) == 16 and len(list((out / "runs").glob("*.json"))) == 2
+
+
+def test_report_says_why_there_are_no_predictions(tmp_path):
+    from dynagen.core.records import RunSummary
+    from pipelines.report import render_report
+
+    auto = settings("m", steps="auto").model_dump(mode="json")
+    html = render_report(RunSummary(run_id="r", source="s", dest="d", started_at="", skipped=4, settings=auto), {})
+    assert "fixed steps run" not in html and "nothing new to generate" in html
+    fixed = settings("m").model_dump(mode="json")
+    assert "fixed steps run" in render_report(RunSummary(run_id="r", source="s", dest="d", started_at="", ok=1,
+                                                         settings=fixed), {})
+    sample = render_report(RunSummary(run_id="r", source="s", dest="d", started_at="", ok=9,
+                                      steps_histogram={"20": 9}), {"20": [("a", "p", b"")] * 6})
+    assert "a sample: 6 of 9 images" in sample
+
+
+def test_every_bad_shard_is_named(tiny_model, tmp_path):
+    from pipelines.common import check_inputs
+
+    d = tmp_path / "in"
+    write_shards(d)
+    (d / "y.jsonl").write_bytes(b"\xff\xfe not utf-8")
+    (d / "z.parquet").write_bytes(b"PAR1 not really")
+    with pytest.raises(RunError, match=r"^2 bad shards .*y\.jsonl: not valid UTF-8.*; .*z\.parquet: cannot parse"):
+        check_inputs(settings(tiny_model), str(d))
+
+
 def test_bad_shard_stops_before_generating_or_is_skipped(ray_local, tiny_model, tmp_path):
     d = tmp_path / "in"
     write_shards(d)

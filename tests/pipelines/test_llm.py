@@ -108,3 +108,17 @@ def test_bad_inputs_fail_fast_before_answering(ray_local, tmp_path):
     # Share 0 never loads the large model, so a broken large model does not matter then.
     s = run(settings(large_model=str(broken), large_share=0.0), str(tmp_path / "in"), str(tmp_path / "out"))
     assert s.routes["large"] == 0 and s.ok == 37 and "large" not in s.pools
+
+
+def test_a_share_far_off_its_target_is_named():
+    from dynagen.core.records import LLMRunSummary
+    from pipelines.llm import share_warning
+
+    def summary(large, small, target=0.3):
+        return LLMRunSummary(run_id="r", source="s", dest="d", started_at="", router="learned",
+                             target_large_share=target, share_mode="calibrated", routes={"small": small, "large": large},
+                             realised_large_share=large / (large + small))
+
+    warning = share_warning(summary(0, 10))  # the run: 0 of 10 for a 30% target, silently
+    assert warning.startswith("realised large share 0.0% (0 of 10) is 30.0 points off the target 30%")
+    assert share_warning(summary(3, 7)) is None and share_warning(summary(26, 74)) is None

@@ -105,27 +105,37 @@ def project_root() -> Path:
     return root
 
 
-def job_payload(settings: "Settings", root: Path | None = None) -> tuple[str, dict[str, str]]:
-    """(settings JSON for the entrypoint, secret env vars for runtime_env).
+def job_payload(settings: "Settings", root: Path | None = None, uris: list[str] | None = None,
+                env: dict[str, str] | None = None) -> tuple[str, dict[str, str]]:
+    """(settings JSON for the entrypoint, env vars for runtime_env).
 
     Only values set by file/env/flag are sent: defaults (e.g. the embedded model folders) are resolved by the job on
-    the cluster. Paths inside this checkout are made relative to it. The job joins the cluster it runs on.
+    the cluster. Paths inside this checkout are made relative to it. The job joins the cluster it runs on. When one of
+    ``uris`` is on S3, storage settings left unset travel as the AWS env vars this shell has (``env``, default
+    ``os.environ``): credentials, endpoint and region reach the job the way the local run would use them.
     """
     import json
+
+    from dynagen.core.settings import STORAGE_ENV, storage_from_env
 
     # The Serve key is not a batch job's business (dumped, it would arrive as '**********' and fail validation).
     data: dict[str, Any] = settings.model_dump(mode="json", exclude_unset=True, exclude={"serve": {"api_key"}})
     if not data.get("serve", True):
         data.pop("serve")
     storage = data.setdefault("storage", {})
-    env: dict[str, str] = {}
+    env_out: dict[str, str] = {}
     for key, env_name in (("access_key_id", "AWS_ACCESS_KEY_ID"), ("secret_access_key", "AWS_SECRET_ACCESS_KEY")):
         storage.pop(key, None)  # model_dump(mode=json) would write '**********'; the value goes by env var instead
         secret = getattr(settings.storage, key)
         if secret is not None:
-            env[env_name] = secret.get_secret_value()
+            env_out[env_name] = secret.get_secret_value()
     if not storage:
         data.pop("storage")
+    if any(u.startswith("s3://") for u in uris or []):
+        for key in STORAGE_ENV:
+            field = key.split(".")[1]
+            if getattr(settings.storage, field) is None and (found := storage_from_env(key, env)) is not None:
+                env_out[found[1]] = found[0]
     root = project_root() if root is None else root
     for *parents, key in PATH_SETTINGS:
         section = data
@@ -138,12 +148,14 @@ def job_payload(settings: "Settings", root: Path | None = None) -> tuple[str, di
             except ValueError:
                 pass  # outside the checkout: an absolute path or hub id that must exist on the cluster as given
     data["ray"] = {"address": "auto"}  # the job's driver runs on the cluster: join it, never start a nested Ray
-    return json.dumps(data, separators=(",", ":")), env
+    return json.dumps(data, separators=(",", ":")), env_out
 
 
 def entrypoint(python: str, module: str, args: list[str]) -> str:
-    """A shell-safe ``python -m module args...`` line (the Jobs API runs the entrypoint through a shell)."""
-    return " ".join(shlex.quote(x) for x in [python, "-m", module, *args])
+    """A shell-safe ``python -m jobs.preflight && python -m module args...`` line (the Jobs API runs the entrypoint
+    through a shell): the pre-flight refuses, in one line, an interpreter that lacks dynagen's dependencies."""
+    line = " ".join(shlex.quote(x) for x in [python, "-m", module, *args])
+    return f"{shlex.quote(python)} -m jobs.preflight && {line}"
 
 
 def forwarded_env(names: list[str] | None, env: dict[str, str] | None = None) -> dict[str, str]:
@@ -309,7 +321,7 @@ def llm(
 
 def _submit(job: JobArgs, kind: str, module: str, **kw: Any) -> None:
     settings, _ = load(job.config, job.overrides)
-    payload, secret_env = job_payload(settings)
+    payload, secret_env = job_payload(settings, uris=[job.prompts, job.out])
     args = ["--settings-json", payload, "--prompts", job.prompts, "--out", job.out]
     args += ["--run-id", job.run_id] if job.run_id else []
     args += ["--verbose"] if job.verbose else []
@@ -337,8 +349,9 @@ def nightly(
     except NightlyError as e:
         exit_with_error(str(e))
     settings, _ = load(settings_config)
-    payload, secret_env = job_payload(settings)
-    args = ["--spec-json", spec.model_dump_json(), "--settings-json", payload, "--date", night.isoformat()]
+    spec_json = spec.model_dump_json()
+    payload, secret_env = job_payload(settings, uris=["s3://"] if "s3://" in spec_json else [])
+    args = ["--spec-json", spec_json, "--settings-json", payload, "--date", night.isoformat()]
     submit_job(address=address, token_file=token_file, module="jobs.nightly", args=args, secret_env=secret_env,
                env_names=env, python=python, wait=wait,
                submission_id=submission_id, kind="nightly")

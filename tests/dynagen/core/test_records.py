@@ -35,3 +35,27 @@ def test_a_usable_prompt_passes_everywhere():
     assert prompt_problem(p, 10 ** 6) is None and normalize_row({"prompt": p}, 100)["status"] == "ok"
     assert stepsaver.validate_prompt(p) is None and router.validate_prompt(p) is None
     check_prompt(p, ("body", "prompt"), max_chars=100)
+
+
+def test_failure_reasons_count_by_kind_and_print_cleanly():
+    """The run summary line once read "failures: invalid id '../x' (allowed: letters, digits, '.', '_', '-' ×1;":
+    a reason was cut at the ';' inside its own text, and every bad id counted apart."""
+    from dynagen.core.records import RunSummary, reason_key
+    from dynagen.core.sources import normalize_row
+    from jobs.common import print_failures
+
+    errors = [normalize_row({"prompt": "p", "id": bad}, 100)["error"] for bad in ("../x", "%2e%2e", "/abs")]
+    errors += [normalize_row({"prompt": "p", "seed": s}, 100)["error"] for s in ("x", -1)]
+    errors += ["invalid JSON line 3 (Expecting value)", "invalid JSON line 9 (Expecting value)"]
+    assert [reason_key(e) for e in errors] == ["invalid id"] * 3 + ["bad seed"] * 2 + ["invalid JSON line"] * 2
+    assert reason_key("generation failed: RuntimeError: out of memory") == "generation failed: RuntimeError: out of memory"
+
+    lines = []
+
+    class Console:
+        def print(self, text, **_):
+            lines.append(text)
+
+    print_failures(Console(), RunSummary(run_id="r", source="s", dest="d", started_at="",
+                                         failure_reasons={"invalid id": 3, "bad seed": 2}))
+    assert lines == ["failures: invalid id ×3; bad seed ×2"]

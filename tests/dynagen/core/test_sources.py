@@ -92,3 +92,31 @@ def test_bad_shards_name_file_and_problem(tmp_path, name, content, needle):
     with pytest.raises(ShardError) as e:
         check_shard(shard, FS)
     assert needle in str(e.value) and str(f) in str(e.value) and "\n" not in str(e.value)
+
+
+def _mixed_shards(tmp_path):
+    d = tmp_path / "mixed"
+    d.mkdir()
+    pq.write_table(pa.table({"prompt": ["a", "b"], "seed": [1, None]}), d / "a.parquet")
+    (d / "b.jsonl").write_text('{"prompt": "c", "id": "c1"}\n\n{oops\n[1]\n{"prompt": "d", "id": "../x"}\n')
+    (d / "c.csv").write_text("prompt,seed\ne,2\nf,zz\n")
+    return list_shards(str(d))
+
+
+def test_jsonl_failures_name_their_line(tmp_path):
+    from dynagen.core.sources import shard_rows
+
+    jsonl = next(s for s in _mixed_shards(tmp_path) if s.format == "jsonl")
+    rows = shard_rows(jsonl, FS, 100)
+    assert [r["status"] for r in rows] == ["ok", "failed", "failed", "failed"]
+    assert rows[1]["error"].startswith("invalid JSON line 3 (") and "(line 4)" in rows[2]["error"]
+
+
+def test_driver_side_rows_match_the_ray_read(ray_local, tmp_path):
+    """``audit --prompts`` and the no-op check read the input without Ray: they must see the ids the job does."""
+    from dynagen.core.sources import input_ids, read_prompts
+
+    shards = _mixed_shards(tmp_path)
+    ray_rows = read_prompts(shards, FS, 100).take_all()
+    assert sorted(input_ids(shards, FS, 100)) == sorted(r["id"] for r in ray_rows)
+    assert any("invalid JSON line 3" in r["error"] for r in ray_rows)

@@ -46,3 +46,57 @@ def test_run_images_then_bad_shard(ray_local, tiny_model, tmp_path):
     assert r.exit_code == 2 and "missing required column 'prompt'" in r.output and "Traceback" not in r.output
     r = runner.invoke(app, ["run", "images", "--prompts", str(src), "--out", str(out), "--steps", "0"])
     assert r.exit_code == 2 and "images.steps" in r.output
+
+
+def _dest_with(tmp_path, ids):
+    """A destination as the image sink writes it, holding ok rows for ``ids`` (no Ray: the sink called directly)."""
+    import io
+
+    from PIL import Image
+
+    from dynagen.core.records import RunSummary
+    from dynagen.core.storage import Storage
+    from pipelines.sinks import ImageSink
+
+    buf = io.BytesIO()
+    Image.new("RGB", (4, 4), "red").save(buf, format="PNG")
+    n = len(ids)
+    store = Storage(str(tmp_path / "dest"))
+    sink = ImageSink(store, RunSummary(run_id="r1", source="s", dest=store.root, started_at=""), batch_size=4)
+    sink.write_rows({"id": ids, "prompt": ["p"] * n, "negative_prompt": [""] * n, "seed": [1] * n, "steps": [4] * n,
+                     "status": ["ok"] * n, "error": [""] * n, "image": [buf.getvalue()] * n, "unet_evals": [8] * n,
+                     "batch_id": ["b"] * n, "batch_size": [n] * n, "source": ["s"] * n})
+    return store.root
+
+
+def test_audit_refuses_a_missing_or_empty_destination(tmp_path):
+    for path in (tmp_path / "nope", tmp_path):  # does not exist; exists but holds no run's output
+        r = runner.invoke(app, ["audit", str(path)])
+        assert r.exit_code == 2 and r.output.startswith("error: ") and len(r.output.strip().splitlines()) == 1, r.output
+
+
+def test_audit_checks_every_input_id_once(tmp_path):
+    dest = _dest_with(tmp_path, ["a", "b"])
+    src = tmp_path / "p.jsonl"
+    src.write_text("".join(json.dumps({"id": i, "prompt": "a red circle"}) + "\n" for i in ("a", "b")))
+    r = runner.invoke(app, ["audit", dest, "--prompts", str(src)])
+    assert r.exit_code == 0 and "missing from DEST 0" in r.output, r.output
+    src.write_text(src.read_text() + json.dumps({"id": "c", "prompt": "a blue square"}) + "\n")
+    r = runner.invoke(app, ["audit", dest, "--prompts", str(src)])
+    assert r.exit_code == 1 and "missing from DEST 1" in r.output and "lost: c" in r.output, r.output
+    r = runner.invoke(app, ["audit", dest, "--prompts", str(tmp_path / "none.jsonl")])
+    assert r.exit_code == 2 and "no prompt shards" in r.output
+
+
+def test_config_show_effective_storage_values_uncut_when_piped(monkeypatch):
+    long = "http://127.0.0.1:8333/" + "a-long-path-segment/" * 6
+    monkeypatch.setenv("AWS_ENDPOINT_URL", long)
+    monkeypatch.setenv("AWS_REGION", "eu-west-3")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "env-secret-value")
+    r = runner.invoke(app, ["config", "show"])  # CliRunner's stdout is not a terminal: the piped form
+    assert r.exit_code == 0, r.output
+    rows = {ln.split("\t")[0]: ln.split("\t")[1:] for ln in r.output.splitlines()}
+    assert rows["storage.endpoint_url"] == [long, "env AWS_ENDPOINT_URL"]
+    assert rows["storage.region"] == ["eu-west-3", "env AWS_REGION"]
+    assert rows["storage.secret_access_key"] == ["********", "env AWS_SECRET_ACCESS_KEY"]
+    assert "env-secret-value" not in r.output

@@ -174,7 +174,8 @@ def test_token_sources_in_ray_order(tmp_path, monkeypatch):
 
 def test_entrypoint_is_shell_safe():
     line = entrypoint("python", "jobs.run_images", ["--settings-json", '{"a": "it\'s $HOME"}', "--out", "s3://b/p"])
-    assert line.startswith("python -m jobs.run_images --settings-json ") and "'\"'\"'" in line
+    assert line.startswith("python -m jobs.preflight && python -m jobs.run_images --settings-json ")
+    assert "'\"'\"'" in line
 
 
 @pytest.fixture
@@ -339,6 +340,49 @@ def test_failed_remote_job_shows_traceback(head, token_env):
     assert r.exit_code == 0 and "already FAILED" in out
     r, _, err = invoke(["jobs", "status", "raysubmit_nope", "--address", head.address])
     assert r.exit_code == 2 and "no job 'raysubmit_nope'" in err
+
+
+@pytest.mark.slow
+def test_s3_settings_from_the_shell_reach_the_job(head, s3, tiny_model, tmp_path, token_env, monkeypatch):
+    """The README's cluster example: AWS_* exported in the shell (the s3 fixture does), no --env, no settings: the
+    job gets credentials, endpoint and region through runtime_env and never prints them."""
+    import boto3
+
+    for name in [k for k in os.environ if k.startswith("DYNAGEN_STORAGE__")]:
+        monkeypatch.delenv(name)
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"id": f"q{i}", "prompt": p}) + "\n" for i, p in enumerate(PROMPTS[:2])))
+    c = boto3.client("s3", endpoint_url=s3.endpoint, region_name="us-east-1", aws_access_key_id=s3.access_key,
+                     aws_secret_access_key=s3.secret_key)
+    c.put_object(Bucket=s3.bucket, Key="in/prompts.jsonl", Body=prompts.read_bytes())
+    r, out, err = invoke(["submit", "images", "--prompts", f"s3://{s3.bucket}/in/", "--out", f"s3://{s3.bucket}/shell",
+                          "--steps", "2", "--model", tiny_model, "--batch-size", "2", "--address", head.address,
+                          "--wait"])
+    assert r.exit_code == 0, out + err
+    keys = [o["Key"] for o in c.list_objects_v2(Bucket=s3.bucket, Prefix="shell/images/")["Contents"]]
+    assert sorted(keys) == ["shell/images/q0.png", "shell/images/q1.png"]
+    assert s3.secret_key not in out + err and s3.access_key not in out + err
+
+
+@pytest.mark.slow
+def test_missing_credentials_or_a_python_without_dynagen_fail_in_one_line(head, s3, tiny_model, tmp_path, token_env,
+                                                                            monkeypatch):
+    for name in [k for k in os.environ if k.startswith(("DYNAGEN_STORAGE__", "AWS_ACCESS_KEY", "AWS_SECRET"))]:
+        monkeypatch.delenv(name)
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(json.dumps({"id": "z", "prompt": "a red circle"}) + "\n")
+    base = ["submit", "images", "--prompts", str(prompts), "--steps", "2", "--model", tiny_model,
+            "--address", head.address, "--wait"]
+    r, out, err = invoke(base + ["--out", f"s3://{s3.bucket}/nocreds"])
+    assert r.exit_code == 1 and "FAILED" in err, out + err
+    assert "error: no S3 credentials for s3://" in out and "AWS_ACCESS_KEY_ID" in out and "Traceback" not in out
+
+    bare = tmp_path / "bare"  # an interpreter without dynagen's dependencies, as a head started outside the venv has
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(bare)], check=True, timeout=120)
+    r, out, err = invoke(base + ["--out", str(tmp_path / "o"), "--python", str(bare / "bin" / "python")])
+    assert r.exit_code == 1 and "FAILED" in err, out + err
+    errors = [ln for ln in out.splitlines() if ln.startswith("error: ")]
+    assert len(errors) == 1 and "cannot run dynagen: missing" in errors[0] and "Traceback" not in out, out
 
 
 def test_payload_leaves_the_serve_key_out(tmp_path):
