@@ -74,6 +74,9 @@ def run(settings: Settings, src: str, dest: str, run_id: str | None = None, view
         sink.on_write_start()
         summary.skipped, summary.duplicates = counts["done"], counts["duplicate"]
         write_report(out, sink.finish([]), sink.thumbs)
+        from pipelines.progress import show_nothing_new
+
+        show_nothing_new(view, shards, s.limit, counts)
         return sink.summary
     ensure_ray(settings.ray)
     ledger = ledger_mod.make_actor(done)

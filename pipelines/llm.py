@@ -122,7 +122,11 @@ def run(settings: Settings, src: str, dest: str, run_id: str | None = None, view
         sink = ResponseSink(out, summary)
         sink.on_write_start()
         summary.skipped, summary.duplicates = counts["done"], counts["duplicate"]
-        return sink.finish([])
+        finished = sink.finish([])
+        from pipelines.progress import show_nothing_new
+
+        show_nothing_new(view, shards, s.limit, counts)
+        return finished
     ensure_ray(settings.ray)
     ledger = ledger_mod.make_actor(done)
     board = None

@@ -129,6 +129,15 @@ def total_rows(shards, limit: int | None) -> int | None:
     return min(total, limit) if limit else total
 
 
+def show_nothing_new(view, shards, limit: int | None, counts: dict[str, int]) -> None:
+    """A run with nothing new starts no Ray and no board: its one line still says so (every row skipped)."""
+    if view is None:
+        return
+    view.update(Snapshot(elapsed_s=0.0, total=total_rows(shards, limit),
+                         skipped=counts.get("done", 0) + counts.get("duplicate", 0)))
+    view.close()
+
+
 # Ray's own output ---------------------------------------------------------------------------------------------
 
 

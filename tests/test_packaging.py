@@ -79,7 +79,7 @@ def test_installed_wheel_runs_images_outside_the_checkout(tmp_path):
 
     # 3. Settings resolve the models inside the install, and say so.
     show = _run([*cli, "config", "show"], cwd=work, env=env).stdout
-    (row,) = [ln for ln in show.splitlines() if " models_dir " in ln]
+    (row,) = [ln for ln in show.splitlines() if ln.split("\t")[0].strip() == "models_dir"]  # piped: tab-separated
     assert str(site / "dynagen" / "_models") in row and "default (package)" in row, row
 
     # 4. The image job, on the wheel's embedded model.
