@@ -89,3 +89,15 @@ def test_a_request_submitted_mid_run_joins_at_the_next_tick():
     sampler.step()
     sampler.submit([Request(7, PROMPTS[1], 1, 3)])
     assert sorted(sampler.clear()) == [5, 6, 7] and not sampler.busy
+
+
+def test_a_failing_sample_fails_only_the_rows_not_yet_finished(tiny_model):
+    """Through DiffusionCore.run: rows that finished before the failure keep their images; the rest become runtime
+    errors (retried by a rerun). A seed the generator refuses fails the tick its sample joins."""
+    core = DiffusionCore(tiny_model, "ddim", batch_size=2, num_threads=1, batching="continuous")
+    rows = {"id": ["a", "b", "c"], "prompt": ["red", "blue", "green"], "negative_prompt": ["", "", ""],
+            "seed": [1, 2, 2**70], "steps": [2, 2, 2], "status": ["ok"] * 3, "error": [""] * 3}
+    out = core.run(rows)
+    assert out["status"] == ["ok", "ok", "error"]
+    assert out["image"][0] and out["image"][1] and not out["image"][2]
+    assert out["error"][2].startswith("generation failed:")
