@@ -406,10 +406,28 @@ def load_settings(
     try:
         settings = Settings.model_validate(tree)
     except ValidationError as e:
-        err = e.errors()[0]
-        where = ".".join(str(p) for p in err["loc"])
-        raise SettingsError(f"setting '{where}' ({sources.get(where, 'default')}): {err['msg']}") from None
+        raise SettingsError(_error_line(e, sources)) from None
     return settings, sources
+
+
+def _error_line(e: ValidationError, sources: Mapping[str, str] | None = None) -> str:
+    """One line for the first invalid setting: its dotted key (pydantic's union-member tags such as
+    ``literal['auto']`` cut off), where the value came from, and every way it could have been valid."""
+    def key(loc) -> str:
+        parts, model = [], Settings
+        for p in loc:
+            fields = getattr(model, "model_fields", {})
+            if p not in fields:
+                break
+            parts.append(str(p))
+            model = fields[p].annotation
+        return ".".join(parts) or ".".join(map(str, loc))
+
+    errs = e.errors()
+    where = key(errs[0]["loc"])
+    msgs = list(dict.fromkeys(err["msg"] for err in errs if key(err["loc"]) == where))
+    source = f" ({sources.get(where, 'default')})" if sources is not None else ""
+    return f"setting '{where}'{source}: {' or '.join(msgs)}"
 
 
 def settings_from_json(payload: str) -> Settings:
@@ -417,8 +435,7 @@ def settings_from_json(payload: str) -> Settings:
     try:
         return Settings.model_validate_json(payload)
     except ValidationError as e:
-        err = e.errors()[0]
-        raise SettingsError(f"setting '{'.'.join(map(str, err['loc']))}': {err['msg']}") from None
+        raise SettingsError(_error_line(e)) from None
 
 
 def describe(settings: Settings, sources: Mapping[str, str],

@@ -63,3 +63,13 @@ def test_models_dir_defaults_to_the_checkout_and_rebases_unset_model_settings(tm
     # Resolved defaults stay defaults: what `dynagen submit` sends (set values only) lets the cluster resolve them.
     assert s.model_dump(exclude_unset=True) == {"models_dir": str(tmp_path), "llm": {"small_model": "my/small"}}
     assert settings_from_json(s.model_dump_json()).images.model == str(tmp_path / "tiny-sd")
+
+
+def test_a_bad_union_value_names_the_setting_its_source_and_what_would_do():
+    with pytest.raises(SettingsError) as e:
+        load_settings(None, {"images.steps": "abc"}, env={})
+    msg = str(e.value)
+    assert msg.startswith("setting 'images.steps' (flag): ") and "literal" not in msg
+    assert "'auto'" in msg and "integer" in msg
+    with pytest.raises(SettingsError, match=r"^setting 'images.steps' \(env\): Input should be 'auto' or "):
+        load_settings(None, {}, env={"DYNAGEN_IMAGES__STEPS": "abc"})
