@@ -30,11 +30,13 @@ def list_runs(storage: Storage) -> list[dict[str, Any]]:
 
 
 def find_run(runs: list[dict[str, Any]], run_id: str | None) -> dict[str, Any]:
-    """The run named ``run_id`` (or a unique prefix of it); the latest run when None."""
+    """The run named ``run_id`` (or a unique prefix of it). None: the latest run that did something — a rerun that
+    skipped every row has no images or report worth showing — or the latest run if none did."""
     if not runs:
         raise HistoryError("no runs recorded here (no runs/*.json)")
     if run_id is None:
-        return runs[-1]
+        worked = [r for r in runs if r.get("ok", 0) or r.get("failed", 0) or r.get("status") != "ok"]
+        return (worked or runs)[-1]
     hits = [r for r in runs if r["run_id"] == run_id] or [r for r in runs if r["run_id"].startswith(run_id)]
     if len(hits) != 1:
         raise HistoryError(f"run {run_id!r} {'is ambiguous' if hits else 'not found'} "

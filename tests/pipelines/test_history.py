@@ -44,8 +44,8 @@ def fill(store):
                     block_stats(rows([30, 0], status=["ok", "failed"], batch="b2", batch_size=1, ms=300.0))],
                    model_fingerprint="0123456789abcdef", stepsaver_fingerprint="fedcba9876543210",
                    settings={"images": {"model": "/somewhere/models/tiny-sd", "steps": "auto"}})
-    b = record_run(store, "20260102T000000Z-bbbbbb", "2026-01-02T00:00:00+00:00", [],
-                   settings={"images": {"steps": 20}})
+    b = record_run(store, "20260102T000000Z-bbbbbb", "2026-01-02T00:00:00+00:00",
+                   [block_stats(rows([20], batch="b3"))], settings={"images": {"steps": 20}})
     return a, b
 
 
@@ -88,6 +88,11 @@ def test_list_and_find(tmp_path):
         find_run(runs, "nope")
     with pytest.raises(HistoryError, match="no runs"):
         find_run([], None)
+    # A later rerun that skipped everything is not what "show me the run" means; named, it is still found.
+    noop = {"run_id": "20260103T000000Z-cccccc", "status": "ok", "ok": 0, "failed": 0, "skipped": 4}
+    assert find_run([*runs, noop], None)["run_id"].endswith("bbbbbb")
+    assert find_run([*runs, noop], "20260103")["run_id"].endswith("cccccc")
+    assert find_run([noop], None) is noop
 
 
 def _check_cli(dest):

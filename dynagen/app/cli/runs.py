@@ -42,7 +42,8 @@ def list_(dest: Dest, config: Config = None) -> None:
 @app.command("show")
 def show(
     dest: Dest,
-    run_id: Annotated[Optional[str], typer.Argument(help="Run id or a unique prefix (default: the latest run).")] = None,
+    run_id: Annotated[Optional[str], typer.Argument(
+        help="Run id or a unique prefix (default: the latest run that generated or failed rows).")] = None,
     config: Config = None,
     open_report: Annotated[bool, typer.Option("--open", help="Open the run's HTML report in a browser.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the run record as JSON.")] = False,
