@@ -89,7 +89,8 @@ def run_details(rec: dict[str, Any], storage: Storage) -> list[str]:
                    f"evaluations, {rec.get('batches', 0)} batches, fill {100 * rec.get('mean_batch_fill', 0.0):.0f}%")
         out.append(_hist(rec))
         for k, v in (rec.get("steps_breakdown") or {}).items():
-            out.append(f"  {k:>4} steps: {v['images']} images, {v['mean_ms_per_image']:.1f} ms/image, "
+            noun = "image" if v["images"] == 1 else "images"
+            out.append(f"  {k:>4} steps: {v['images']} {noun}, {v['mean_ms_per_image']:.1f} ms/image, "
                        f"{100 * v['unet_share']:.1f}% of UNet evaluations")
         if rec.get("predicted_steps_histogram"):
             out.append("predicted " + " ".join(f"{k}×{v}" for k, v in rec["predicted_steps_histogram"].items()))
