@@ -249,6 +249,11 @@ def images_round(url: str, bodies: list[dict], clients: int, mode: str) -> dict:
             "wall_s": round(wall, 1)}
 
 
+def medians(rounds: list[dict], keys, digits: int) -> dict[str, float]:
+    """Per key the median over alternating rounds (one variant's rounds), rounded."""
+    return {k: round(statistics.median(r[k] for r in rounds), digits) for k in keys}
+
+
 def main() -> None:
     import shutil
 
@@ -304,11 +309,9 @@ def run(tmp: Path) -> None:
                 r = run_steps_variant_subprocess(variant, smoke, found, tmp)
                 rounds.append(r)
                 print(json.dumps(r), flush=True)
-        summary = {}
-        for variant in ("proxy", "direct_ingress"):
-            rs = [r for r in rounds if r["variant"] == variant]
-            summary[variant] = {k: round(statistics.median(r[k] for r in rs), 2)
-                                for k in ("p50_ms", "p90_ms", "p99_ms", "requests_per_s")}
+        summary = {variant: medians([r for r in rounds if r["variant"] == variant],
+                                    ("p50_ms", "p90_ms", "p99_ms", "requests_per_s"), 2)
+                   for variant in ("proxy", "direct_ingress")}
         p, d = summary["proxy"], summary["direct_ingress"]
         summary["direct_vs_proxy"] = {"p50": round(d["p50_ms"] / p["p50_ms"], 2),
                                       "p99": round(d["p99_ms"] / p["p99_ms"], 2),
@@ -349,9 +352,8 @@ def run(tmp: Path) -> None:
         for clients in IMAGE_CLIENTS:
             at = summary[f"{clients}_clients"] = {}
             for mode in ("grouped", "continuous"):
-                rs = [r for r in rounds if r["batching"] == mode and r["clients"] == clients]
-                at[mode] = {k: round(statistics.median(r[k] for r in rs), 3)
-                            for k in ("images_per_s", "p50_ms", "p99_ms", "mean_batch_or_active_size")}
+                at[mode] = medians([r for r in rounds if r["batching"] == mode and r["clients"] == clients],
+                                   ("images_per_s", "p50_ms", "p99_ms", "mean_batch_or_active_size"), 3)
             g, c = at["grouped"], at["continuous"]
             at["continuous_vs_grouped"] = {"images_per_s": round(c["images_per_s"] / g["images_per_s"], 2),
                                            "p50": round(c["p50_ms"] / g["p50_ms"], 2),
