@@ -114,6 +114,47 @@ class AdaptiveSampler:
             return a * x - s * model_out
         return (x - s * model_out) / a
 
+    def timesteps(self, lam: np.ndarray) -> np.ndarray:
+        """The UNet's (integer) timestep for each sample's λ."""
+        return np.rint(self.schedule.t_of(lam))
+
+    def finished(self, lam: np.ndarray) -> np.ndarray:
+        """Which samples have reached the end of the schedule."""
+        return lam >= self.schedule.lam_end - 1e-9
+
+    def advance(self, model_out, x, lam, h_prev, x0_prev, steps, tol, cap):
+        """One solver step for samples each at its own λ (all arguments aligned per sample: numpy arrays, or
+        tensors for ``model_out``, ``x``, ``x0_prev``). Returns ``(x_next, x0, lam_next, h)``; a sample whose
+        ``lam_next`` reached the schedule's end is finished. Used per tick by this sampler and by continuous
+        batching (``actors/continuous.py``), so both take the same steps."""
+        import torch
+
+        sch = self.schedule
+
+        def as_t(v):  # per-sample numpy scalars → a (B, 1, 1, 1) tensor that broadcasts over latents
+            return torch.as_tensor(v, dtype=x.dtype).view(-1, 1, 1, 1)
+
+        x0 = self._x0(model_out, x, lam)
+        # Step size per sample from its own x̂0 change (the first step: a span set by its tolerance)
+        first = steps == 0
+        dx0 = (x0 - x0_prev).pow(2).mean(dim=(1, 2, 3)).sqrt().numpy()
+        last = steps + 1 >= cap
+        h = choose_step(lam, np.where(first, 1.0, h_prev), dx0, tol, sch.lam_end, last)
+        h0 = np.minimum(FIRST_STEP_SCALE * np.sqrt(tol), MAX_FIRST_STEP)
+        h = np.where(first & ~last, np.minimum(h0, sch.lam_end - lam), h)
+        # DPM-Solver++(2M) update: first order (DDIM) on a sample's first step.
+        # Snap to the model's integer training timesteps: between them the sinusoidal time embedding takes values
+        # training never showed. A precaution: on tiny-sd it did not change the measured quality.
+        lam_n = sch.snap(lam, lam + h)
+        h = lam_n - lam
+        s_c, s_n = sch.sigma(lam), sch.sigma(lam_n)
+        a_n = sch.alpha(lam_n)
+        r = np.where(first, 1.0, h_prev / np.maximum(h, _EPS))
+        c2 = np.where(first, 0.0, 1.0 / (2.0 * r))
+        d = (1 + as_t(c2)) * x0 - as_t(c2) * x0_prev
+        x_next = as_t(s_n / s_c) * x - as_t(a_n * np.expm1(-h)) * d
+        return x_next, x0, lam_n, h
+
     def __call__(self, prompts, generators: list, guidance_scale: float, negative_prompts=None,
                  tol: float | np.ndarray | None = None, max_steps: int | np.ndarray | None = None) -> AdaptiveOutput:
         """Sample ``prompts`` (one torch.Generator each). ``tol``/``max_steps``: one value or one per prompt."""
@@ -139,12 +180,9 @@ class AdaptiveSampler:
             final = [None] * n
             evals = 0
 
-            def as_t(v):  # per-sample numpy scalars → a (B, 1, 1, 1) tensor that broadcasts over latents
-                return torch.as_tensor(v, dtype=x.dtype).view(-1, 1, 1, 1)
-
             # 3. Tick: one UNet call over the active samples at their own timesteps
             while len(active):
-                t = torch.as_tensor(np.rint(sch.t_of(lam[active])), dtype=x.dtype)
+                t = torch.as_tensor(self.timesteps(lam[active]), dtype=x.dtype)
                 xa = x[active]
                 inp = torch.cat([xa, xa]) if cfg else xa
                 emb = torch.cat([uncond[active], cond[active]]) if cfg else cond[active]
@@ -153,33 +191,17 @@ class AdaptiveSampler:
                     o_u, o_c = out.chunk(2)
                     out = o_u + guidance_scale * (o_c - o_u)
                 evals += len(active) * (2 if cfg else 1)
-                x0 = self._x0(out, xa, lam[active])
-                # 4. Step size per sample from its own x̂0 change (the first step: a span set by its tolerance)
-                first = steps[active] == 0
-                dx0 = (x0 - x0_prev[active]).pow(2).mean(dim=(1, 2, 3)).sqrt().numpy()
-                last = steps[active] + 1 >= cap[active]
-                h = choose_step(lam[active], np.where(first, 1.0, h_prev[active]), dx0, tol_v[active], sch.lam_end, last)
-                h0 = np.minimum(FIRST_STEP_SCALE * np.sqrt(tol_v[active]), MAX_FIRST_STEP)
-                h = np.where(first & ~last, np.minimum(h0, sch.lam_end - lam[active]), h)
-                # 5. DPM-Solver++(2M) update: first order (DDIM) on a sample's first step
-                # Snap to the model's integer training timesteps: between them the sinusoidal time embedding takes
-                # values training never showed. A precaution: on tiny-sd it did not change the measured quality.
-                lam_n = sch.snap(lam[active], lam[active] + h)
-                h = lam_n - lam[active]
-                s_c, s_n = sch.sigma(lam[active]), sch.sigma(lam_n)
-                a_n = sch.alpha(lam_n)
-                r = np.where(first, 1.0, h_prev[active] / np.maximum(h, _EPS))
-                c2 = np.where(first, 0.0, 1.0 / (2.0 * r))
-                d = (1 + as_t(c2)) * x0 - as_t(c2) * x0_prev[active]
-                x_new = as_t(s_n / s_c) * xa - as_t(a_n * np.expm1(-h)) * d
+                # 4. The solver step, each sample sized by its own trajectory
+                x_new, x0, lam_n, h = self.advance(out, xa, lam[active], h_prev[active], x0_prev[active],
+                                                   steps[active], tol_v[active], cap[active])
                 x[active] = x_new
                 x0_prev[active] = x0
                 lam[active], h_prev[active] = lam_n, h
                 steps[active] += 1
-                done = lam_n >= sch.lam_end - 1e-9
+                done = self.finished(lam_n)
                 for j in active[done].tolist():
                     final[j] = x[j]
                 active = active[~done]
-            # 6. Decode in batch order, as the pipeline does
+            # 5. Decode in batch order, as the pipeline does
             images = decode_latents(pipe, torch.stack(final), generators)
         return AdaptiveOutput(images=images, steps_run=steps.tolist(), unet_evals=evals)

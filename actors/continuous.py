@@ -16,10 +16,16 @@ step count a sample's image equals the plain pipeline's to within 1/255 (batched
 tested per scheduler). The per-sample loop costs a few element-wise ops on a latent per sample per tick — nothing next
 to the UNet call it follows. Any scheduler with a deterministic ``step`` works (DDIM, Euler, DPM-Solver++ here).
 
+**Adaptive steps** (``actors/adaptive.py``) run here too: given an ``AdaptiveSampler``, a sample's step count is its
+cap, its step sizes follow its own trajectory, and it leaves when it reaches the end of the schedule — so a sample
+that settles early frees its slot for a waiting one at the next tick. Its update is the adaptive sampler's own
+``advance`` (vectorised over the active set), so a sample takes the same steps and gives the same image as in the
+adaptive sampler's own batches (to within 1/255; tested).
+
 A batch job calls ``run``; a server drives ``submit`` (any time) and ``step`` (one tick) itself.
 
-Not handled here: per-sample early stopping and adaptive steps (``actors/early_stop.py``, ``actors/adaptive.py``) keep
-their own samplers; the job refuses to combine them with continuous batching.
+Not handled here: per-sample early stopping (``actors/early_stop.py``) keeps its own sampler; the job refuses to
+combine it with continuous batching.
 """
 
 from __future__ import annotations
@@ -61,7 +67,7 @@ class Finished:
 @dataclass
 class _Sample:
     req: Request
-    scheduler: object
+    scheduler: object  # a diffusers scheduler set to the sample's steps; None under adaptive steps
     latents: object  # torch (1, C, h, w)
     cond: object  # torch (1, L, D)
     uncond: object | None
@@ -71,6 +77,15 @@ class _Sample:
     generator: object = None
     joined_at: float = 0.0
     shared: set = field(default_factory=set)
+    # Adaptive steps only: the sample's λ, its previous step and x̂0 (actors/adaptive.py)
+    lam: float = 0.0
+    h_prev: float = 0.0
+    x0_prev: object = None
+
+    def done(self, adaptive) -> bool:
+        if adaptive is not None:
+            return bool(adaptive.finished(np.array([self.lam]))[0])
+        return self.step >= int(self.req.steps)
 
 
 @dataclass
@@ -88,12 +103,14 @@ class TickStats:
 
 
 class ContinuousSampler:
-    """Step-level scheduler over a diffusers ``StableDiffusionPipeline``'s parts (the pipeline's own scheduler class)."""
+    """Step-level scheduler over a diffusers ``StableDiffusionPipeline``'s parts: the pipeline's own scheduler class
+    at each sample's step count, or, given ``adaptive`` (an ``actors.adaptive.AdaptiveSampler`` on the same
+    pipeline), adaptive steps with each request's ``steps`` as its cap."""
 
-    def __init__(self, pipe, guidance_scale: float, max_batch: int = 8, decode_batch: int = 8):
+    def __init__(self, pipe, guidance_scale: float, max_batch: int = 8, decode_batch: int = 8, adaptive=None):
         if max_batch < 1:
             raise ValueError(f"max_batch must be ≥ 1, got {max_batch}")
-        self.pipe, self.guidance_scale = pipe, float(guidance_scale)
+        self.pipe, self.guidance_scale, self.adaptive = pipe, float(guidance_scale), adaptive
         self.max_batch, self.decode_batch = int(max_batch), int(decode_batch)
         self.stats = TickStats(max_batch=self.max_batch)
         self._queue: deque[Request] = deque()
@@ -117,6 +134,11 @@ class ContinuousSampler:
         latents = prepare_latents(self.pipe, len(reqs), gens, cond.dtype)
         out = []
         for j, r in enumerate(reqs):
+            if self.adaptive is not None:  # no scheduler instance: the adaptive solver's state lives on the sample
+                out.append(_Sample(r, None, latents[j : j + 1], cond[j : j + 1], uncond[j : j + 1] if cfg else None,
+                                   first_tick=tick, generator=gens[j], joined_at=joined,
+                                   lam=self.adaptive.schedule.lam_start, x0_prev=torch.zeros_like(latents[j : j + 1])))
+                continue
             sch = copy.deepcopy(self.pipe.scheduler)
             sch.set_timesteps(int(r.steps), device=latents.device)
             x = latents[j : j + 1]
@@ -131,10 +153,15 @@ class ContinuousSampler:
     def _tick(self, active: list[_Sample]) -> None:
         import torch
 
-        cfg = self.guidance_scale > 1
-        ts = [s.scheduler.timesteps[s.step] for s in active]
-        x = torch.cat([s.scheduler.scale_model_input(s.latents, t) for s, t in zip(active, ts)])
-        t = torch.stack([torch.as_tensor(v) for v in ts]).to(torch.float32)
+        cfg, ad = self.guidance_scale > 1, self.adaptive
+        if ad is not None:
+            lam = np.array([s.lam for s in active])
+            x = torch.cat([s.latents for s in active])
+            t = torch.as_tensor(ad.timesteps(lam), dtype=x.dtype)
+        else:
+            ts = [s.scheduler.timesteps[s.step] for s in active]
+            x = torch.cat([s.scheduler.scale_model_input(s.latents, t) for s, t in zip(active, ts)])
+            t = torch.stack([torch.as_tensor(v) for v in ts]).to(torch.float32)
         if cfg:
             inp, tt = torch.cat([x, x]), torch.cat([t, t])
             emb = torch.cat([torch.cat([s.uncond for s in active]), torch.cat([s.cond for s in active])])
@@ -145,9 +172,18 @@ class ContinuousSampler:
             o_u, o_c = out.chunk(2)
             out = o_u + self.guidance_scale * (o_c - o_u)
         counts = {int(s.req.steps) for s in active}
-        for j, (s, tj) in enumerate(zip(active, ts)):
+        if ad is not None:  # one vectorised solver step, each sample sized by its own trajectory
+            x_next, x0, lam_n, h = ad.advance(
+                out, x, lam, np.array([s.h_prev for s in active]), torch.cat([s.x0_prev for s in active]),
+                np.array([s.step for s in active]), np.full(len(active), ad.tol),
+                np.array([int(s.req.steps) for s in active]))
+            for j, s in enumerate(active):
+                s.latents, s.x0_prev = x_next[j : j + 1], x0[j : j + 1]
+                s.lam, s.h_prev = float(lam_n[j]), float(h[j])
+        for j, s in enumerate(active):
             s.shared |= counts
-            s.latents = s.scheduler.step(out[j : j + 1], tj, s.latents, return_dict=False)[0]
+            if ad is None:
+                s.latents = s.scheduler.step(out[j : j + 1], ts[j], s.latents, return_dict=False)[0]
             s.step += 1
             s.active_sum += len(active)
 
@@ -189,8 +225,8 @@ class ContinuousSampler:
             self.stats.ticks += 1
             self.stats.sample_steps += len(self._active)
             self.stats.active_per_tick.append(len(self._active))
-            leaving = [s for s in self._active if s.step >= int(s.req.steps)]
-            self._active = [s for s in self._active if s.step < int(s.req.steps)]
+            leaving = [s for s in self._active if s.done(self.adaptive)]
+            self._active = [s for s in self._active if not s.done(self.adaptive)]
             for k in range(0, len(leaving), self.decode_batch):
                 part = leaving[k : k + self.decode_batch]
                 imgs = to_uint8(decode_latents(self.pipe, torch.cat([s.latents for s in part]),

@@ -226,12 +226,13 @@ class DiffusionCore:
             raise ValueError(f"unknown batching {batching!r} (choose from {', '.join(BATCHING_NAMES)})")
         self.continuous = None
         if batching == "continuous":
-            if early_stop or adaptive:
-                raise ValueError("continuous batching runs fixed per-sample step counts: "
-                                 "it does not combine with early stopping or adaptive steps")
+            if early_stop:
+                raise ValueError("continuous batching does not combine with early stopping (use adaptive steps: "
+                                 "a sample that settles leaves the active set)")
             from actors.continuous import ContinuousSampler
 
-            self.continuous = ContinuousSampler(self.pipe, self.guidance_scale, max_batch=batch_size)
+            self.continuous = ContinuousSampler(self.pipe, self.guidance_scale, max_batch=batch_size,
+                                                adaptive=self.adaptive)
 
     def generate(
         self, prompts: list[str], seeds: list[int], steps: int, negative_prompts: list[str] | None = None
@@ -345,6 +346,7 @@ class DiffusionCore:
             out["batch_id"][i] = f"{self._tag}-c{f.first_tick:06d}"
             out["batch_size"][i] = int(round(f.mean_active))
             out["latency_ms"][i], out["unet_evals"][i], out["steps"][i] = f.latency_s * 1000, f.unet_evals, f.steps
+            out["stopped_early"][i] = f.steps < out["planned_steps"][i]  # adaptive steps: fewer than its cap
             finished.add(i)
             if on_batch is not None:  # samples share UNet calls: no batch time of its own
                 on_batch(out, [i], None)

@@ -8,12 +8,16 @@ Rows: the demo's prompts (``examples/prompts.jsonl``) with the step counts the c
 * **continuous** (``actors/continuous.py``): one active set of ``batch_size`` samples on their own counts, a finished
   sample's slot refilled at the next UNet call.
 
+And again with **adaptive steps** (``--adaptive``, the per-sample rule that pays on this model: each row's count is its
+cap, its steps follow its own trajectory): grouped adaptive fills a batch with rows of any count, but a sample that
+settles early leaves its slot empty until the batch's last sample ends; continuous adaptive refills it at the next call.
+
 Reported per mode: wall time and images/s, UNet *calls* (forward passes; the sample-evaluations are the same in both
 modes, Σ steps × 2), mean fill of a call (sample-evaluations ÷ calls ÷ 2·batch_size), and the largest pixel difference
 between the two modes' images (same seed and count ⇒ ≤ 1/255 expected). The modes alternate over ``--repeats`` rounds
 (grouped, continuous, grouped, …) and the medians are reported, so a load change on a shared machine hits both.
 
-    python -m bench.continuous                   # 48 demo prompts, batch 8, 3 rounds: ~4 min on 2 cores
+    python -m bench.continuous                   # 48 demo prompts, batch 8, 3 rounds, fixed and adaptive: ~8 min
     python -m bench.continuous --smoke-test      # 8 prompts at ≤ 6 steps, 1 round
 """
 
@@ -33,6 +37,11 @@ STEPSAVER = "models/stepsaver"
 PROMPTS = "examples/prompts.jsonl"
 BATCH_SIZE = 8  # the job's default images.batch_size
 OUT = "bench/results/continuous.json"
+# name -> DiffusionCore arguments; pairs compared: (grouped, continuous) and (grouped+adaptive, continuous+adaptive)
+MODES = {"grouped": {"batching": "grouped"}, "continuous": {"batching": "continuous"},
+         "grouped+adaptive": {"batching": "grouped", "adaptive": True},
+         "continuous+adaptive": {"batching": "continuous", "adaptive": True}}
+PAIRS = (("grouped", "continuous"), ("grouped+adaptive", "continuous+adaptive"))
 
 
 class CallCounter:
@@ -58,7 +67,7 @@ def run_mode(core, counter, rows) -> dict:
     wall = time.perf_counter() - t0
     calls, evals = counter.calls - calls0, core.counter.evals - evals0
     assert all(s == "ok" for s in out["status"]), out["error"]
-    return {"wall_s": wall, "unet_calls": calls, "unet_evals": evals,
+    return {"wall_s": wall, "unet_calls": calls, "unet_evals": evals, "steps": list(out["steps"]),
             "fill": evals / max(1, calls) / (2 * core.batch_size), "images": out["image"]}
 
 
@@ -71,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=OUT)
+    ap.add_argument("--no-adaptive", action="store_true", help="fixed step counts only (the first pair)")
     ap.add_argument("--smoke-test", action="store_true")
     a = ap.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -87,42 +97,48 @@ def main(argv: list[str] | None = None) -> int:
     if a.smoke_test:
         prompts, steps, a.repeats = prompts[:8], [2 + i % 5 for i in range(8)], 1
     rows = rows_for(prompts, steps)
-    cores = {m: DiffusionCore(a.model, "ddim", batch_size=a.batch_size, num_threads=a.threads, batching=m)
-             for m in ("grouped", "continuous")}
+    pairs = PAIRS[:1] if a.no_adaptive else PAIRS
+    cores = {m: DiffusionCore(a.model, "ddim", batch_size=a.batch_size, num_threads=a.threads, **MODES[m])
+             for pair in pairs for m in pair}
     counters = {m: CallCounter(c.pipe.unet) for m, c in cores.items()}
     results: dict[str, list[dict]] = {m: [] for m in cores}
     for r in range(a.repeats):
         for m in cores:
             results[m].append(run_mode(cores[m], counters[m], rows))
-            print(f"[round {r + 1}] {m:<10} {results[m][-1]['wall_s']:6.1f}s  calls {results[m][-1]['unet_calls']}",
+            print(f"[round {r + 1}] {m:<19} {results[m][-1]['wall_s']:6.1f}s  calls {results[m][-1]['unet_calls']}",
                   flush=True)
     decode = lambda b: np.asarray(Image.open(__import__("io").BytesIO(b)), dtype=int)  # noqa: E731
-    diff = max(int(np.abs(decode(x) - decode(y)).max())
-               for x, y in zip(results["grouped"][0]["images"], results["continuous"][0]["images"]))
+    diff = {f"{x}|{y}": max(int(np.abs(decode(i) - decode(j)).max())
+                            for i, j in zip(results[x][0]["images"], results[y][0]["images"])) for x, y in pairs}
     summary = {}
     for m, rs in results.items():
         wall = float(np.median([x["wall_s"] for x in rs]))
         summary[m] = {"wall_s": round(wall, 2), "images_per_s": round(len(prompts) / wall, 2),
                       "unet_calls": rs[0]["unet_calls"], "unet_evals": rs[0]["unet_evals"],
+                      "mean_steps": round(float(np.mean(rs[0]["steps"])), 2),
                       "mean_call_fill": round(rs[0]["fill"], 3), "wall_s_rounds": [round(x["wall_s"], 2) for x in rs]}
-    g, c = summary["grouped"], summary["continuous"]
+    ratios = {}
+    for x, y in pairs:
+        g, c = summary[x], summary[y]
+        ratios[f"{y} vs {x}"] = {"unet_calls": round(c["unet_calls"] / g["unet_calls"], 3),
+                                 "wall": round(c["wall_s"] / g["wall_s"], 3),
+                                 "images_per_s": round(c["images_per_s"] / g["images_per_s"], 3)}
     result = {
         "config": {"model": Path(a.model).name, "model_unet_sha256": model_fingerprint(a.model),
                    "prompts": Path(a.prompts).name, "rows": len(prompts), "batch_size": a.batch_size,
                    "threads": a.threads, "repeats": a.repeats, "scheduler": "ddim", "smoke_test": a.smoke_test},
         "steps_histogram": {str(k): int(v) for k, v in zip(*np.unique(steps, return_counts=True))},
         "modes": summary,
-        "continuous_vs_grouped": {"unet_calls": round(c["unet_calls"] / g["unet_calls"], 3),
-                                  "wall": round(c["wall_s"] / g["wall_s"], 3),
-                                  "images_per_s": round(c["images_per_s"] / g["images_per_s"], 3)},
+        "ratios": ratios,
         "max_pixel_diff": diff,
     }
     print(f"{len(prompts)} rows, steps {result['steps_histogram']}, batch {a.batch_size}")
     for m, s in summary.items():
-        print(f"{m:<11} {s['wall_s']:7.1f}s {s['images_per_s']:6.2f} img/s  {s['unet_calls']:5d} UNet calls  "
-              f"fill {100 * s['mean_call_fill']:.0f}%")
-    r = result["continuous_vs_grouped"]
-    print(f"continuous ÷ grouped: UNet calls {r['unet_calls']:.2f}×, wall {r['wall']:.2f}×; max pixel diff {diff}/255")
+        print(f"{m:<20} {s['wall_s']:7.1f}s {s['images_per_s']:6.2f} img/s  {s['unet_calls']:5d} UNet calls  "
+              f"{s['unet_evals']:5d} evals  fill {100 * s['mean_call_fill']:.0f}%  mean steps {s['mean_steps']}")
+    for (name, r), d in zip(ratios.items(), diff.values()):
+        print(f"{name}: UNet calls {r['unet_calls']:.2f}×, wall {r['wall']:.2f}×, images/s {r['images_per_s']:.2f}×; "
+              f"max pixel diff {d}/255")
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(result, indent=1) + "\n")
     return 0

@@ -58,6 +58,36 @@ def test_a_sample_does_not_depend_on_its_neighbours_or_arrival_order():
     assert got.mean_active > 1  # and shared its UNet calls
 
 
+def test_adaptive_steps_run_continuously_and_give_the_adaptive_samplers_images():
+    """Adaptive steps under continuous batching: each sample takes the steps and gives the image it gets in the
+    adaptive sampler's own batch (≤ 1/255), while samples with other caps join and leave around it, and a sample
+    that settles early frees its slot for a waiting one."""
+    from actors.adaptive import AdaptiveSampler
+
+    core = _core("ddim")
+    adaptive = AdaptiveSampler(core.pipe, tol=0.02)
+    caps = [30, 6, 30, 12, 30, 4]
+    seeds = [21, 22, 23, 24, 25, 26]
+    ref = adaptive(PROMPTS, [torch_gen(s) for s in seeds], core.guidance_scale, max_steps=np.array(caps))
+    sampler = ContinuousSampler(core.pipe, core.guidance_scale, max_batch=3, adaptive=adaptive)
+    done = {f.key: f for f in sampler.run([Request(i, p, s, c) for i, (p, s, c) in enumerate(zip(PROMPTS, seeds, caps))])}
+    assert sorted(done) == list(range(len(PROMPTS)))
+    ref_u8 = (np.clip(ref.images, 0, 1) * 255).round().astype(np.uint8)
+    for i in range(len(PROMPTS)):
+        assert done[i].steps == ref.steps_run[i], i
+        assert done[i].steps <= caps[i] and done[i].unet_evals == 2 * done[i].steps
+        assert _max_diff(done[i].image, ref_u8[i]) <= 1, i
+    assert sampler.stats.sample_steps == sum(ref.steps_run)
+    assert any(done[i].steps < caps[i] for i in range(len(caps)))  # some settled before their cap
+    assert any(f.first_tick > 0 for f in done.values())  # waiting samples joined a running set
+
+
+def torch_gen(seed: int):
+    import torch
+
+    return torch.Generator(device="cpu").manual_seed(seed)
+
+
 def test_bad_requests_and_sizes_are_refused_before_running():
     core = _core("ddim")
     with pytest.raises(ValueError, match="max_batch"):

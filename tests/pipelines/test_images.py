@@ -216,10 +216,11 @@ def test_parquet_input_beside_an_actor_holding_most_cpus(ray_local, tiny_model, 
     assert result["s"].ok == 4
 
 
-def test_adaptive_steps_run_end_to_end_with_the_step_count_as_cap(ray_local, tiny_model, tmp_path):
+@pytest.mark.parametrize("batching", ["grouped", "continuous"])
+def test_adaptive_steps_run_end_to_end_with_the_step_count_as_cap(ray_local, tiny_model, tmp_path, batching):
     (tmp_path / "in.jsonl").write_text("\n".join(json.dumps({"prompt": p}) for p in PROMPTS[:4]) + "\n")
-    s = run(settings(tiny_model, steps=6, adaptive=True, adaptive_tol=0.5), str(tmp_path / "in.jsonl"),
-            str(tmp_path / "out"))
+    s = run(settings(tiny_model, steps=6, adaptive=True, adaptive_tol=0.5, batching=batching),
+            str(tmp_path / "in.jsonl"), str(tmp_path / "out"))
     meta = read_metadata(Storage(str(tmp_path / "out"))).to_pylist()
     assert s.ok == 4 and all(m["status"] == "ok" for m in meta)
     assert all(m["planned_steps"] == 6 and 1 <= m["steps"] <= 6 for m in meta)
@@ -245,4 +246,4 @@ def test_continuous_batching_runs_mixed_step_counts_in_full_active_sets(ray_loca
         assert np.abs(a - b).max() <= 1, p
     assert c.mean_batch_fill > g.mean_batch_fill
     with pytest.raises(ValueError, match="does not combine"):
-        settings(tiny_model, batching="continuous", adaptive=True)
+        settings(tiny_model, batching="continuous", early_stop=True)

@@ -13,7 +13,8 @@ Two deployments (resources and autoscaling set in :func:`build_app`, from ``sett
   scheduler is stateful, and two batches on 2 cores only thrash) — while one batch runs, the other queues keep
   filling, so batches get fuller under load. Each image comes back with its batch's id, size and the distinct step
   counts in it (headers ``X-Dynagen-Batch-*``), which is how tests check that no batch mixed step counts.
-  With ``images.batching=continuous`` the replica instead holds one :class:`actors.continuous.ContinuousSampler`:
+  With continuous batching (``serve.batching``: ``auto`` picks it unless ``images.early_stop`` is on) the replica
+  instead holds one :class:`actors.continuous.ContinuousSampler`:
   a request is submitted to it and joins the running active set at the next tick, whatever its step count; one
   asyncio task per replica runs ticks in a worker thread while the sampler is busy and answers each request from
   the finished samples (key → future), so requests never wait on a lock or on another step count's batch. An
@@ -116,7 +117,8 @@ class ImageGenerator:
 
             self.core = DiffusionCore(model=s.images.model, scheduler=s.images.scheduler,
                                       guidance_scale=s.images.guidance_scale, batch_size=s.serve.max_batch_size,
-                                      num_threads=_threads(s.serve.images_num_cpus), **s.images.early_stop_kwargs())
+                                      num_threads=_threads(s.serve.images_num_cpus),
+                                      **{**s.images.early_stop_kwargs(), "batching": s.serve_image_batching()})
         except Exception as e:  # a missing/bad model folder: serve the other endpoints, answer 503 here
             self.unavailable = f"diffusion model not loaded ({one_line(e)})"
             log.warning("dynagen: %s", self.unavailable)
@@ -124,7 +126,7 @@ class ImageGenerator:
         self._lock = asyncio.Lock()
         self._tag = uuid.uuid4().hex[:8]
         self._n = 0
-        # Continuous batching (images.batching=continuous): requests in the sampler, by key, and the loop driving it.
+        # Continuous batching (Settings.serve_image_batching()): requests in the sampler, by key, and the loop driving it.
         self._pending: dict[int, tuple[asyncio.Future, int, int]] = {}  # key -> (future, steps, seed)
         self._keys = itertools.count()
         self._loop_task: asyncio.Task | None = None

@@ -99,6 +99,7 @@ def app(ray_local, tiny_model, predictor_dir):
     path, expected = predictor_dir
     settings, _ = load_settings(overrides={
         "images.model": tiny_model, "images.stepsaver": str(path), "llm.router": "random",
+        "serve.batching": "grouped",  # this module tests @serve.batch queues; test_serve_continuous.py the default
         "serve.port": _free_port(), "serve.app_name": "dynagen-test",
         # Fractional CPUs: the session Ray has 2 and other work may hold some (NOTES: whole CPUs deadlock pools).
         "serve.ingress_num_cpus": 0.25, "serve.images_num_cpus": 0.5,
@@ -192,6 +193,7 @@ def test_image_deployment_early_stop_reports_steps_run(ray_local, tiny_model):
     settings, _ = load_settings(overrides=over, env={})
     gen = ImageGenerator.func_or_class(settings.model_dump_json())
     assert gen.unavailable is None
+    assert gen.core.continuous is None  # serve.batching=auto picks grouped batching for early stopping
     res = asyncio.run(gen._run_batch(8, [(PROMPTS[0], 1, 8), (PROMPTS[1], 2, 8)]))
     assert [r.status for r in res] == [200, 200] and all(r.png.startswith(PNG_MAGIC) for r in res)
     assert [(r.steps, r.ran) for r in res] == [(8, 2), (8, 2)]
@@ -354,9 +356,13 @@ def test_app_builder_takes_manifest_args():
 
 
 def test_continuous_batching_builds_a_serve_app():
-    """images.batching=continuous is served (tests/dynagen/app/serve/test_serve_continuous.py runs it over HTTP)."""
+    """serve.batching=continuous is served, adaptive steps included (tests/dynagen/app/serve/test_serve_continuous.py
+    runs the default, auto = continuous, over HTTP); with early stopping it is refused in one line."""
     from ray.serve import Application
 
     from dynagen.app.serve.deployments import app_builder
+    from dynagen.core.settings import SettingsError
 
-    assert isinstance(app_builder({"images.batching": "continuous"}), Application)
+    assert isinstance(app_builder({"serve.batching": "continuous", "images.adaptive": True}), Application)
+    with pytest.raises(SettingsError, match="serve.batching=continuous does not combine with images.early_stop"):
+        app_builder({"serve.batching": "continuous", "images.early_stop": True})

@@ -1,4 +1,4 @@
-"""``/v1/images`` on the continuous scheduler (``images.batching=continuous``) over real HTTP on loopback.
+"""``/v1/images`` on the continuous scheduler (Serve's default, ``serve.batching=auto``) over real HTTP on loopback.
 
 One Serve app for the module on the session's Ray, tiny random diffusion model. Requests of different step counts
 join one active set; each image says what it shared (headers), and equals the grouped path's image for the same
@@ -45,7 +45,8 @@ def app(ray_local, tiny_model):
     from dynagen.core.settings import load_settings
 
     settings, _ = load_settings(overrides={
-        "images.model": tiny_model, "images.batching": "continuous", "llm.router": "random",
+        # No batching setting: serve.batching=auto runs continuous (the batch job's images.batching stays grouped).
+        "images.model": tiny_model, "llm.router": "random",
         "serve.port": _free_port(), "serve.app_name": APP,
         "serve.ingress_num_cpus": 0.25, "serve.images_num_cpus": 0.5,  # fractional: the session Ray has 2 CPUs
         "serve.ingress_max_replicas": 1, "serve.images_max_replicas": 1,
