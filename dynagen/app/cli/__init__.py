@@ -14,6 +14,7 @@ app = typer.Typer(
     help="Batch generation on Ray that spends compute only where a prompt needs it.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
 )
 app.add_typer(config.app, name="config")
 app.add_typer(run.app, name="run")
