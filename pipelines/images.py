@@ -44,10 +44,11 @@ def run(settings: Settings, src: str, dest: str, run_id: str | None = None, view
     s = settings.images
     run_id = run_id or new_run_id()
 
-    # 1. Check everything that can fail fast, before generating anything.
+    # 1. Check everything that can fail fast, before generating anything; a local DEST is created only once every
+    #    check passed, so a run refused at start leaves nothing behind.
     out = Storage(dest, settings.storage)
     try:
-        out.check(create=True)
+        out.check()
     except Exception as e:
         raise RunError(str(e)) from None
     try:
@@ -60,6 +61,10 @@ def run(settings: Settings, src: str, dest: str, run_id: str | None = None, view
         if not Path(s.stepsaver).is_dir():
             raise RunError(f"StepSaver model not found at {s.stepsaver}: pass --steps N or run 'dynagen train stepsaver'")
     shards, bad_shards, fs = check_inputs(settings, src)
+    try:
+        out.check(create=True)
+    except Exception as e:
+        raise RunError(str(e)) from None
     summary = RunSummary(run_id=run_id, source=src, dest=out.root, bad_shards=bad_shards, started_at=now_iso(),
                          settings=settings_record(settings), model_fingerprint=model_fingerprint(s.model),
                          stepsaver_fingerprint=artifact_fingerprint(s.stepsaver) if s.steps == "auto" else "")

@@ -124,7 +124,7 @@ def test_bad_shard_stops_before_generating_or_is_skipped(ray_local, tiny_model, 
     (d / "z.parquet").write_bytes(b"PAR1 not really")
     with pytest.raises(RunError, match=r"z\.parquet.*cannot parse parquet"):
         run(settings(tiny_model), str(d), str(tmp_path / "out"))
-    assert not (tmp_path / "out" / "images").exists()
+    assert not (tmp_path / "out").exists()  # refused at start: not even an empty DEST folder
     s = run(settings(tiny_model, skip_bad_shards=True, limit=4), str(d / "a.parquet"), str(tmp_path / "out2"))
     assert s.ok == 4  # --limit
     s = run(settings(tiny_model, skip_bad_shards=True), str(d), str(tmp_path / "out"))
@@ -137,6 +137,7 @@ def test_missing_stepsaver_and_model_fail_fast(ray_local, tiny_model, tmp_path):
         run(settings(tiny_model, steps="auto", stepsaver=str(tmp_path / "none")), str(tmp_path / "in"), str(tmp_path / "o"))
     with pytest.raises(RunError, match="model folder not found"):
         run(settings(str(tmp_path / "nomodel")), str(tmp_path / "in"), str(tmp_path / "o"))
+    assert not (tmp_path / "o").exists()
 
 
 def test_a_run_that_stops_mid_way_still_writes_its_summary(ray_local, tiny_model, tmp_path):

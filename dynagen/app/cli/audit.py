@@ -49,9 +49,13 @@ def audit(
                f"missing/unreadable images {len(r.missing_images)}, orphan images {len(r.orphans)}, "
                f"failed without reason {len(r.failed_without_reason)}")
     if expected is not None:
-        typer.echo(f"input {len(expected)} ids: missing from DEST {len(r.lost)}, in DEST but not in the input "
+        hint = " (no row yet: a run that stopped, or was --limit-ed, before them; the same run command again " \
+               "fills them)" if r.lost else ""
+        typer.echo(f"input {len(expected)} ids: missing from DEST {len(r.lost)}{hint}, in DEST but not in the input "
                    f"{len(r.unexpected)}")
+    labels = {"lost": "missing from DEST"}  # "lost" overstates it: an id a run never reached has no row either
     for name in ("duplicated", "missing_images", "orphans", "failed_without_reason", "lost", "unexpected"):
         if getattr(r, name):
-            typer.echo(f"  {name}: {', '.join(getattr(r, name)[:10])}{' …' if len(getattr(r, name)) > 10 else ''}")
+            typer.echo(f"  {labels.get(name, name)}: {', '.join(getattr(r, name)[:10])}"
+                       f"{' …' if len(getattr(r, name)) > 10 else ''}")
     raise typer.Exit(0 if r.clean else 1)  # ids beyond the input are listed, not failed: a DEST may serve many inputs

@@ -83,7 +83,7 @@ def test_audit_checks_every_input_id_once(tmp_path):
     assert r.exit_code == 0 and "missing from DEST 0" in r.output, r.output
     src.write_text(src.read_text() + json.dumps({"id": "c", "prompt": "a blue square"}) + "\n")
     r = runner.invoke(app, ["audit", dest, "--prompts", str(src)])
-    assert r.exit_code == 1 and "missing from DEST 1" in r.output and "lost: c" in r.output, r.output
+    assert r.exit_code == 1 and "missing from DEST 1" in r.output and "missing from DEST: c" in r.output, r.output
     r = runner.invoke(app, ["audit", dest, "--prompts", str(tmp_path / "none.jsonl")])
     assert r.exit_code == 2 and "no prompt shards" in r.output
 
