@@ -8,7 +8,7 @@
       Serve's proxy, the rest) read from /proc, and the predictor alone (one forward of 1 and of 16 prompts).
       Targets: p50 ≤ 20 ms, p99 ≤ 100 ms.
   (2) ``/v1/images`` at 8 and 16 clients, a mixed step load (IMAGE_STEPS, explicit per request so both modes get the same work):
-      ``images.batching`` grouped (one ``@serve.batch`` queue per step count) vs continuous (one active set), in
+      ``serve.batching`` grouped (one ``@serve.batch`` queue per step count) vs continuous (one active set), in
       alternating rounds on one Ray — images/s, p50/p99 latency, batch / active-set size seen (response headers).
 
 Models: ``models/tiny-sd`` and ``models/stepsaver`` when present; otherwise a random tiny pipeline of the same
@@ -339,7 +339,7 @@ def run(tmp: Path) -> None:
         try:
             for _ in range(SMOKE["image_rounds"] if smoke else IMAGE_ROUNDS):
                 for mode in ("grouped", "continuous"):
-                    cfg, _ = load_settings(overrides={**base, "images.batching": mode}, env={})
+                    cfg, _ = load_settings(overrides={**base, "serve.batching": mode}, env={})
                     url = start(cfg)  # in-place update of the same app; returns when the new replicas are up
                     for clients in IMAGE_CLIENTS:
                         r = images_round(url, bodies, clients, mode)
