@@ -36,7 +36,7 @@ def run(settings: Settings, src: str, dest: str, run_id: str | None = None, view
     import ray
 
     from actors import ledger as ledger_mod
-    from actors.diffusion import DiffusionActor, check_model_dir
+    from actors.diffusion import DiffusionActor, check_model
     from dynagen.core.raycluster import ensure_ray
     from pipelines.report import write_report
     from pipelines.sinks import ImageSink, done_ids
@@ -50,8 +50,8 @@ def run(settings: Settings, src: str, dest: str, run_id: str | None = None, view
         out.check(create=True)
     except Exception as e:
         raise RunError(str(e)) from None
-    try:
-        check_model_dir(s.model)
+    try:  # the folder against its pipeline class, and what its family refuses (e.g. early stopping on FLUX)
+        model = check_model(s.model, s.scheduler, s.early_stop, s.adaptive, s.batching)
     except Exception as e:
         raise RunError(str(e)) from None
     if s.steps == "auto":
@@ -61,7 +61,7 @@ def run(settings: Settings, src: str, dest: str, run_id: str | None = None, view
             raise RunError(f"StepSaver model not found at {s.stepsaver}: pass --steps N or run 'dynagen train stepsaver'")
     shards, bad_shards, fs = check_inputs(settings, src)
     summary = RunSummary(run_id=run_id, source=src, dest=out.root, bad_shards=bad_shards, started_at=now_iso(),
-                         settings=settings_record(settings), model_fingerprint=model_fingerprint(s.model),
+                         settings=settings_record(settings), model_fingerprint=model_fingerprint(model.path),
                          stepsaver_fingerprint=artifact_fingerprint(s.stepsaver) if s.steps == "auto" else "")
 
     # 2. Resume: ids already finished in dest are skipped; repeated ids are generated once. Nothing new: the run
@@ -110,7 +110,7 @@ def run(settings: Settings, src: str, dest: str, run_id: str | None = None, view
         DiffusionActor,
         fn_constructor_kwargs=dict(
             progress=board, model=s.model, scheduler=s.scheduler, guidance_scale=s.guidance_scale, batch_size=s.batch_size,
-            num_threads=max(1, math.ceil(s.cpus_per_actor)), **s.early_stop_kwargs(),
+            num_threads=max(1, math.ceil(s.cpus_per_actor)), **s.load_kwargs(), **s.early_stop_kwargs(),
         ),
         batch_size=s.group_window,
         compute=ray.data.ActorPoolStrategy(min_size=s.actors_min, max_size=max(s.actors_min, s.actors_max)),

@@ -116,7 +116,8 @@ class ImageGenerator:
 
             self.core = DiffusionCore(model=s.images.model, scheduler=s.images.scheduler,
                                       guidance_scale=s.images.guidance_scale, batch_size=s.serve.max_batch_size,
-                                      num_threads=_threads(s.serve.images_num_cpus), **s.images.early_stop_kwargs())
+                                      num_threads=_threads(s.serve.images_num_cpus), **s.images.load_kwargs(),
+                                      **s.images.early_stop_kwargs())
         except Exception as e:  # a missing/bad model folder: serve the other endpoints, answer 503 here
             self.unavailable = f"diffusion model not loaded ({one_line(e)})"
             log.warning("dynagen: %s", self.unavailable)
