@@ -36,7 +36,7 @@ def run(settings: Settings, src: str, dest: str, run_id: str | None = None, view
     import ray
 
     from actors import ledger as ledger_mod
-    from actors.diffusion import DiffusionActor, check_model
+    from actors.diffusion import DiffusionActor, check_model, resolve_model
     from dynagen.core.raycluster import ensure_ray
     from pipelines.report import write_report
     from pipelines.sinks import ImageSink, done_ids
@@ -50,8 +50,8 @@ def run(settings: Settings, src: str, dest: str, run_id: str | None = None, view
         out.check(create=True)
     except Exception as e:
         raise RunError(str(e)) from None
-    try:  # the folder against its pipeline class, and what its family refuses (e.g. early stopping on FLUX)
-        model = check_model(s.model, s.scheduler, s.early_stop, s.adaptive, s.batching)
+    try:  # a folder, or a hub id in the local cache (the full check against its pipeline class comes before Ray)
+        model_path = resolve_model(s.model)
     except Exception as e:
         raise RunError(str(e)) from None
     if s.steps == "auto":
@@ -61,7 +61,7 @@ def run(settings: Settings, src: str, dest: str, run_id: str | None = None, view
             raise RunError(f"StepSaver model not found at {s.stepsaver}: pass --steps N or run 'dynagen train stepsaver'")
     shards, bad_shards, fs = check_inputs(settings, src)
     summary = RunSummary(run_id=run_id, source=src, dest=out.root, bad_shards=bad_shards, started_at=now_iso(),
-                         settings=settings_record(settings), model_fingerprint=model_fingerprint(model.path),
+                         settings=settings_record(settings), model_fingerprint=model_fingerprint(model_path),
                          stepsaver_fingerprint=artifact_fingerprint(s.stepsaver) if s.steps == "auto" else "")
 
     # 2. Resume: ids already finished in dest are skipped; repeated ids are generated once. Nothing new: the run
@@ -78,6 +78,12 @@ def run(settings: Settings, src: str, dest: str, run_id: str | None = None, view
 
         show_nothing_new(view, shards, s.limit, counts)
         return sink.summary
+    # The folder against its pipeline class's components, and what its family refuses (early stopping on FLUX, a
+    # sampler it does not take): after the nothing-new exit, since asking diffusers costs the driver ~5-7 s of imports.
+    try:
+        check_model(s.model, s.scheduler, s.early_stop, s.adaptive, s.batching)
+    except Exception as e:
+        raise RunError(str(e)) from None
     ensure_ray(settings.ray)
     ledger = ledger_mod.make_actor(done)
     board = None

@@ -182,3 +182,16 @@ def test_compile_wraps_the_denoiser_forward_and_evals_still_count(family_models,
     assert len(compiled) == 1 and compiled[0].__self__ is core.pipe.transformer
     core.generate(["x"], [0], steps=2)
     assert core.counter.evals == 2 * 2
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+@pytest.mark.parametrize("kwargs", [{"early_stop": True}, {"adaptive": True}, {"batching": "continuous"}],
+                         ids=["early_stop", "adaptive", "continuous"])
+def test_sd_per_sample_features_in_half_precision(family_models, dtype, kwargs):
+    """The SD samplers dynagen steps itself take half precision too (numpy sees float32, timesteps stay exact)."""
+    core = DiffusionCore(family_models["sd"], "ddim", batch_size=2, num_threads=1, dtype=dtype,
+                         early_stop_signal=None, **kwargs)
+    rows = {"id": ["a", "b", "c"], "prompt": ["x", "y", "z"], "negative_prompt": [""] * 3, "seed": [0, 1, 2],
+            "steps": [4, 6, 4], "status": ["ok"] * 3, "error": [""] * 3}
+    out = core.run(rows)
+    assert out["status"] == ["ok"] * 3, out["error"]
