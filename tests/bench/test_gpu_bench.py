@@ -22,6 +22,7 @@ def test_smoke_run_covers_every_section(ray_local, tmp_path, monkeypatch):
     assert set(r["families"]) == set(FAMILY_NAMES)
     assert all(f[d]["images_per_s"] > 0 for f in r["families"].values() for d in ("float32", "bfloat16"))
     assert [x["batch"] for x in r["tiny_sd_batch"]["float32"]] == [1, 2]
+    assert 0 < r["dtype_drift"]["bfloat16"]["mean_ssim_to_float32"] <= 1
     assert r["job"]["ok"] == 4 and r["job"]["failed"] == 0
 
 
