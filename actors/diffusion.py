@@ -14,8 +14,8 @@ import json
 import time
 import uuid
 from collections import defaultdict
-from pathlib import Path
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Hashable, Sequence
 
 import numpy as np
@@ -88,12 +88,18 @@ def resolve_model(model: str | Path) -> Path:
 
 
 def _library_class(library: str, name: str):
+    """The class a ``model_index.json`` entry names: from its library (diffusers, transformers), or, as diffusers reads
+    it, from a diffusers pipeline module (SD 1.5 lists its safety checker under ``stable_diffusion``)."""
     import importlib
 
-    try:
-        return getattr(importlib.import_module(library), name, None)
-    except ImportError:
-        return None
+    for module in (library, f"diffusers.pipelines.{library}"):
+        try:
+            cls = getattr(importlib.import_module(module), name, None)
+        except ImportError:
+            continue
+        if cls is not None:
+            return cls
+    return None
 
 
 def check_model_dir(path: str | Path, allow_unsafe: bool = False) -> ModelInfo:

@@ -195,3 +195,21 @@ def test_sd_per_sample_features_in_half_precision(family_models, dtype, kwargs):
             "steps": [4, 6, 4], "status": ["ok"] * 3, "error": [""] * 3}
     out = core.run(rows)
     assert out["status"] == ["ok"] * 3, out["error"]
+
+
+def test_sd15_layout_with_a_safety_checker_is_accepted(family_models, tmp_path):
+    """SD 1.5's folders list the safety checker under a diffusers pipeline module ('stable_diffusion'); it is a
+    component the class takes, checked for weights, and never loaded (passed as None)."""
+    sd15 = tmp_path / "sd15"
+    shutil.copytree(family_models["sd"], sd15)
+    index = json.loads((sd15 / "model_index.json").read_text())
+    index["safety_checker"] = ["stable_diffusion", "StableDiffusionSafetyChecker"]
+    (sd15 / "model_index.json").write_text(json.dumps(index))
+    (sd15 / "safety_checker").mkdir()
+    with pytest.raises(ModelLoadError, match="safety_checker/config.json is missing"):
+        check_model_dir(sd15)
+    (sd15 / "safety_checker" / "config.json").write_text("{}")
+    (sd15 / "safety_checker" / "model.safetensors").write_bytes(b"not read")
+    assert check_model_dir(sd15).pipeline_class == "StableDiffusionPipeline"
+    core = DiffusionCore(str(sd15), batch_size=1, num_threads=1)
+    assert core.pipe.safety_checker is None and core.generate(["x"], [0], steps=1).shape == (1, 64, 64, 3)
