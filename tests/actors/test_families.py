@@ -21,6 +21,16 @@ EXPECTED = {
     "sana": ("SanaPipeline", "flow-euler", "FlowMatchEulerDiscreteScheduler", 4.5, True),
 }
 FAMILIES = list(EXPECTED)
+# The centre 2×2 pixels (RGB) of "a red circle", seed 0, 2 steps, at each family's default sampler and guidance: a
+# silent change of sampler, guidance, size or conditioning fails here (diffusers' expected_slice habit).
+EXPECTED_PIXELS = {
+    "sd": [160, 176, 92, 162, 186, 105, 66, 42, 187, 90, 106, 193],
+    "sdxl": [134, 145, 162, 115, 127, 209, 144, 121, 87, 88, 121, 142],
+    "sd3": [84, 163, 178, 105, 171, 156, 158, 127, 161, 205, 139, 215],
+    "flux": [142, 112, 76, 126, 166, 120, 124, 102, 85, 42, 136, 118],
+    "pixart-sigma": [60, 17, 152, 150, 29, 162, 52, 132, 157, 59, 96, 212],
+    "sana": [115, 181, 146, 84, 149, 125, 97, 160, 142, 101, 125, 137],
+}
 NOT_SD = [f for f in FAMILIES if f != "sd"]
 
 
@@ -39,6 +49,14 @@ def test_family_loads_with_its_sampler_and_defaults_and_generates(family_models,
     alone = core.generate(["a blue square"], [2], steps=2)
     assert np.abs(both[1].astype(int) - alone[0].astype(int)).max() <= 2  # same seed ⇒ same image at any batch size
     assert np.abs(both[0].astype(int) - both[1].astype(int)).max() > 2
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_pinned_pixels(family_models, family):
+    img = DiffusionCore(family_models[family], batch_size=1, num_threads=1).generate(["a red circle"], [0], steps=2)[0]
+    h = img.shape[0] // 2
+    got = img[h - 1:h + 1, h - 1:h + 1].reshape(-1).astype(int)
+    assert np.abs(got - np.array(EXPECTED_PIXELS[family])).max() <= 3, got.tolist()
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
