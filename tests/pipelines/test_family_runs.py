@@ -76,3 +76,16 @@ def test_calibrate_refuses_a_sampler_the_family_does_not_take(family_models, tmp
     r = runner.invoke(app, ["calibrate", "--prompts", str(_two_prompts(tmp_path)), "--out", str(tmp_path / "c.parquet"),
                             "--model", family_models["sd3"], "--scheduler", "ddim", "--grid", "1", "--reference-steps", "2"])
     assert r.exit_code == 2 and "SD3 models run with flow-euler; scheduler 'ddim' is not one of them" in r.output
+
+
+def test_a_hub_id_missing_from_the_cache_is_one_line(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    src = tmp_path / "p.jsonl"
+    src.write_text(json.dumps({"prompt": "a cat"}) + "\n")
+    r = runner.invoke(app, ["run", "images", "--prompts", str(src), "--out", str(tmp_path / "out"),
+                            "--model", "black-forest-labs/FLUX.1-schnell", "--steps", "2"])
+    lines = [ln for ln in r.output.splitlines() if ln.startswith("error:")]
+    assert r.exit_code != 0 and "Traceback" not in r.output and len(lines) == 1
+    assert "no hub id 'black-forest-labs/FLUX.1-schnell' in the local Hugging Face cache " + str(tmp_path / "hub") in lines[0]
