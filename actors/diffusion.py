@@ -23,7 +23,7 @@ import numpy as np
 from actors.families import AUTO, SCHEDULER_CLASSES, Family, check_features, default_dtype, family_of
 from dynagen.core.errors import one_line, runtime_error
 from dynagen.core.records import ERROR, FAILED
-from dynagen.core.settings import BATCHING_NAMES
+from dynagen.core.settings import BATCHING_NAMES, DTYPE_NAMES
 
 
 
@@ -32,7 +32,7 @@ class ModelLoadError(RuntimeError):
 
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".ckpt", ".pth")
-DTYPES = ("float32", "float16", "bfloat16")
+DTYPES = tuple(d for d in DTYPE_NAMES if d != AUTO)  # the settings' one list, "auto" resolved at load
 
 
 @dataclass(frozen=True)
