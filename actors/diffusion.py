@@ -182,6 +182,16 @@ def check_model(model: str | Path, scheduler: str = AUTO, early_stop: bool = Fal
         check_features(info.family, scheduler, early_stop, adaptive, batching)
     except ValueError as e:
         raise ModelLoadError(f"{model}: {e}") from None
+    sized = {k: v for k, v in info.defaults.items() if k in ("height", "width")}
+    if (early_stop or adaptive or batching == "continuous") and sized:
+        # The per-sample samplers (SD only) draw their noise at the UNet's own size.
+        unet = json.loads((info.path / "unet" / "config.json").read_text())
+        vae = json.loads((info.path / "vae" / "config.json").read_text())
+        native = int(unet["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)
+        h, w = int(sized.get("height", sized.get("width"))), int(sized.get("width", sized.get("height")))
+        if (h, w) != (native, native):
+            raise ModelLoadError(f"{model}: early stopping, adaptive steps and continuous batching generate at the "
+                                 f"UNet's {native}×{native}; dynagen.json asks {h}×{w}")
     return info
 
 

@@ -231,3 +231,12 @@ def test_sd15_layout_with_a_safety_checker_is_accepted(family_models, tmp_path):
     assert check_model_dir(sd15).pipeline_class == "StableDiffusionPipeline"
     core = DiffusionCore(str(sd15), batch_size=1, num_threads=1)
     assert core.pipe.safety_checker is None and core.generate(["x"], [0], steps=1).shape == (1, 64, 64, 3)
+
+
+def test_per_sample_features_refuse_a_size_other_than_the_unets(family_models, tmp_path):
+    sized = tmp_path / "sd-48"
+    shutil.copytree(family_models["sd"], sized)
+    (sized / "dynagen.json").write_text(json.dumps({"height": 48, "width": 48}))
+    assert DiffusionCore(str(sized), batch_size=1, num_threads=1).generate(["x"], [0], steps=1).shape == (1, 48, 48, 3)
+    with pytest.raises(ModelLoadError, match="generate at the UNet's 64×64; dynagen.json asks 48×48"):
+        DiffusionCore(str(sized), num_threads=1, adaptive=True)
