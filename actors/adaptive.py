@@ -137,7 +137,7 @@ class AdaptiveSampler:
         x0 = self._x0(model_out, x, lam)
         # Step size per sample from its own x̂0 change (the first step: a span set by its tolerance)
         first = steps == 0
-        dx0 = (x0 - x0_prev).pow(2).mean(dim=(1, 2, 3)).sqrt().numpy()
+        dx0 = (x0 - x0_prev).pow(2).mean(dim=(1, 2, 3)).sqrt().float().cpu().numpy()  # numpy: no bfloat16
         last = steps + 1 >= cap
         h = choose_step(lam, np.where(first, 1.0, h_prev), dx0, tol, sch.lam_end, last)
         h0 = np.minimum(FIRST_STEP_SCALE * np.sqrt(tol), MAX_FIRST_STEP)
@@ -182,7 +182,8 @@ class AdaptiveSampler:
 
             # 3. Tick: one UNet call over the active samples at their own timesteps
             while len(active):
-                t = torch.as_tensor(self.timesteps(lam[active]), dtype=x.dtype)
+                # float32: bfloat16 cannot hold timesteps up to 999 exactly (the UNet casts its time embedding itself)
+                t = torch.as_tensor(self.timesteps(lam[active]), dtype=torch.float32)
                 xa = x[active]
                 inp = torch.cat([xa, xa]) if cfg else xa
                 emb = torch.cat([uncond[active], cond[active]]) if cfg else cond[active]

@@ -157,7 +157,7 @@ class ContinuousSampler:
         if ad is not None:
             lam = np.array([s.lam for s in active])
             x = torch.cat([s.latents for s in active])
-            t = torch.as_tensor(ad.timesteps(lam), dtype=x.dtype)
+            t = torch.as_tensor(ad.timesteps(lam), dtype=torch.float32)  # bfloat16 cannot hold 999 exactly
         else:
             ts = [s.scheduler.timesteps[s.step] for s in active]
             x = torch.cat([s.scheduler.scale_model_input(s.latents, t) for s, t in zip(active, ts)])

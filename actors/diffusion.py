@@ -14,35 +14,36 @@ import json
 import time
 import uuid
 from collections import defaultdict
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Hashable, Sequence
 
 import numpy as np
 
+from actors.families import AUTO, SCHEDULER_CLASSES, Family, check_features, default_dtype, family_of
 from dynagen.core.errors import one_line, runtime_error
-from dynagen.core.records import ERROR
-from dynagen.core.settings import BATCHING_NAMES
+from dynagen.core.records import ERROR, FAILED
+from dynagen.core.settings import BATCHING_NAMES, DTYPE_NAMES
 
-SCHEDULERS = {
-    "ddim": "DDIMScheduler",
-    "euler": "EulerDiscreteScheduler",
-    "dpm++": "DPMSolverMultistepScheduler",
-}
-# diffusers/transformers classes a model folder may name; anything else is refused at load.
-KNOWN_COMPONENTS = {
-    "unet": {"UNet2DConditionModel"},
-    "vae": {"AutoencoderKL", "AutoencoderTiny"},
-    "text_encoder": {"CLIPTextModel", "BertModel", "CLIPTextModelWithProjection"},
-    "tokenizer": {"CLIPTokenizer", "CLIPTokenizerFast", "BertTokenizer", "BertTokenizerFast", "PreTrainedTokenizerFast"},
-    "scheduler": set(SCHEDULERS.values()) | {"PNDMScheduler", "DDPMScheduler", "LMSDiscreteScheduler"},
-    "safety_checker": {None},
-    "feature_extractor": {None},
-    "image_encoder": {None},
-}
 
 
 class ModelLoadError(RuntimeError):
-    """A model folder that is missing files or names unknown components."""
+    """A model folder that is missing files, names components its pipeline does not take, or cannot be loaded."""
+
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".ckpt", ".pth")
+DTYPES = tuple(d for d in DTYPE_NAMES if d != AUTO)  # the settings' one list, "auto" resolved at load
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What ``check_model_dir`` found: the folder, its pipeline class and family, the components listed as null."""
+
+    path: Path
+    pipeline_class: str
+    family: Family
+    null_components: tuple[str, ...]
+    defaults: dict = field(default_factory=dict)  # dynagen.json beside model_index.json
 
 
 # 1. Pure helpers ----------------------------------------------------------------------------------------
@@ -67,14 +68,49 @@ def encode_png(image: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def check_model_dir(path: str | Path, allow_unsafe: bool = False) -> dict[str, Any]:
-    """Validate a diffusers folder before loading: model_index.json, known classes, weights present.
+def resolve_model(model: str | Path) -> Path:
+    """A model folder, or the snapshot folder of a hub id (``org/name``) in the local Hugging Face cache (offline:
+    nothing is downloaded). Raises ModelLoadError naming the folder or the cache it looked in."""
+    root = Path(model)
+    if root.is_dir():
+        return root
+    text = str(model)
+    parts = text.split("/")
+    if len(parts) == 2 and all(parts) and not text.startswith((".", "~")):
+        from huggingface_hub import constants, snapshot_download
 
-    Returns the parsed model_index. Pickle weights (.bin/.pt/.ckpt) are refused unless ``allow_unsafe``.
+        try:
+            return Path(snapshot_download(text, local_files_only=True, cache_dir=constants.HF_HUB_CACHE))
+        except Exception:  # not cached (LocalEntryNotFoundError), or a malformed id
+            raise ModelLoadError(f"model folder not found: {text}, and no hub id {text!r} in the local Hugging Face "
+                                 f"cache {constants.HF_HUB_CACHE} (offline: download it there first)") from None
+    raise ModelLoadError(f"model folder not found: {root}")
+
+
+def _library_class(library: str, name: str):
+    """The class a ``model_index.json`` entry names: from its library (diffusers, transformers), or, as diffusers reads
+    it, from a diffusers pipeline module (SD 1.5 lists its safety checker under ``stable_diffusion``)."""
+    import importlib
+
+    for module in (library, f"diffusers.pipelines.{library}"):
+        try:
+            cls = getattr(importlib.import_module(module), name, None)
+        except ImportError:
+            continue
+        if cls is not None:
+            return cls
+    return None
+
+
+def check_model_dir(path: str | Path, allow_unsafe: bool = False) -> ModelInfo:
+    """Validate a diffusers folder (or a cached hub id) before loading, against its pipeline class's own components.
+
+    The class named in ``model_index.json`` must be a text-to-image pipeline diffusers knows; every component the
+    folder lists must be one the class takes, with a class its library knows; every component the class needs must
+    be there (null only for the class's optional components or a family's documented drop, e.g. SD3 without T5);
+    model components need weights. Pickle weights (.bin/.pt/.ckpt) are refused unless ``allow_unsafe``.
     """
-    root = Path(path)
-    if not root.is_dir():
-        raise ModelLoadError(f"model folder not found: {root}")
+    root = resolve_model(path)
     index_file = root / "model_index.json"
     if not index_file.is_file():
         raise ModelLoadError(f"{root}: no model_index.json (not a diffusers pipeline folder)")
@@ -82,63 +118,179 @@ def check_model_dir(path: str | Path, allow_unsafe: bool = False) -> dict[str, A
         index = json.loads(index_file.read_text())
     except json.JSONDecodeError as e:
         raise ModelLoadError(f"{index_file}: invalid JSON ({e.msg})") from None
-    for name, spec in index.items():
-        if name.startswith("_") or not isinstance(spec, list):
-            continue  # private keys and plain config flags (save_pretrained writes requires_safety_checker: false)
-        cls = spec[1] if isinstance(spec, list) and len(spec) == 2 else None
-        if name not in KNOWN_COMPONENTS:
-            raise ModelLoadError(f"{root}: unknown component '{name}' in model_index.json")
-        if cls not in KNOWN_COMPONENTS[name]:
-            raise ModelLoadError(f"{root}: component '{name}' has unsupported class {cls!r}")
-        if cls is None:
+    name = index.get("_class_name")
+    import diffusers
+    from diffusers.pipelines.auto_pipeline import AUTO_TEXT2IMAGE_PIPELINES_MAPPING
+
+    cls = getattr(diffusers, str(name), None) if name else None
+    if cls is None:
+        raise ModelLoadError(f"{root}: model_index.json names pipeline class {name!r}, which diffusers "
+                             f"{diffusers.__version__} does not know")
+    if name not in {c.__name__ for c in AUTO_TEXT2IMAGE_PIPELINES_MAPPING.values()}:
+        raise ModelLoadError(f"{root}: {name} is not a text-to-image pipeline")
+    family = family_of(name)
+    expected, _ = cls._get_signature_keys(cls)  # the components the class's __init__ takes
+    may_be_null = set(cls._optional_components) | set(family.droppable)
+    from diffusers import ModelMixin
+    from transformers import PreTrainedModel
+
+    listed = {k: v for k, v in index.items() if not k.startswith("_") and isinstance(v, list)}
+    nulls = []
+    for comp in sorted(expected):
+        if comp not in listed:
+            if comp in may_be_null:
+                continue
+            raise ModelLoadError(f"{root}: {name} needs component '{comp}', which model_index.json does not list")
+        if listed[comp][-1] is None:
+            if comp not in may_be_null:
+                raise ModelLoadError(f"{root}: {name} needs component '{comp}', listed as null")
+            nulls.append(comp)
+    for comp, spec in listed.items():
+        if comp not in expected:
+            raise ModelLoadError(f"{root}: unknown component '{comp}' in model_index.json "
+                                 f"({name} takes {', '.join(sorted(expected))})")
+        if spec[-1] is None:
             continue
-        sub = root / name
+        library, cls_name = (spec + [None, None])[:2]
+        comp_cls = _library_class(str(library), str(cls_name))
+        if comp_cls is None:
+            raise ModelLoadError(f"{root}: component '{comp}' has class {cls_name!r}, which {library} does not know")
+        sub = root / comp
         if not sub.is_dir():
-            raise ModelLoadError(f"{root}: component '{name}' is listed but folder {name}/ is missing")
-        if name in ("unet", "vae", "text_encoder"):
+            raise ModelLoadError(f"{root}: component '{comp}' is listed but folder {comp}/ is missing")
+        if isinstance(comp_cls, type) and issubclass(comp_cls, (ModelMixin, PreTrainedModel)):
             if not (sub / "config.json").is_file():
-                raise ModelLoadError(f"{root}: {name}/config.json is missing")
+                raise ModelLoadError(f"{root}: {comp}/config.json is missing")
             if not list(sub.glob("*.safetensors")):
-                pickles = [p.name for p in sub.iterdir() if p.suffix in (".bin", ".pt", ".ckpt", ".pth")]
+                pickles = [p.name for p in sub.iterdir() if p.suffix in WEIGHT_SUFFIXES]
                 if pickles and not allow_unsafe:
                     raise ModelLoadError(
-                        f"{root}: {name}/ has only pickle weights ({pickles[0]}); safetensors required "
+                        f"{root}: {comp}/ has only pickle weights ({pickles[0]}); safetensors required "
                         "(allow_unsafe to override for trusted folders)"
                     )
                 if not pickles:
-                    raise ModelLoadError(f"{root}: {name}/ has no weights (*.safetensors)")
-    return index
+                    raise ModelLoadError(f"{root}: {comp}/ has no weights (*.safetensors)")
+    return ModelInfo(root, name, family, tuple(nulls), model_defaults(root))
+
+
+def check_model(model: str | Path, scheduler: str = AUTO, early_stop: bool = False, adaptive: bool = False,
+                batching: str = "grouped", allow_unsafe: bool = False) -> ModelInfo:
+    """``check_model_dir`` plus the family's refusals of the asked sampler and per-sample features: what the job
+    and calibration check on the driver before starting anything. Raises ModelLoadError (one line)."""
+    info = check_model_dir(model, allow_unsafe=allow_unsafe)
+    try:
+        check_features(info.family, scheduler, early_stop, adaptive, batching)
+    except ValueError as e:
+        raise ModelLoadError(f"{model}: {e}") from None
+    sized = {k: v for k, v in info.defaults.items() if k in ("height", "width")}
+    if (early_stop or adaptive or batching == "continuous") and sized:
+        # The per-sample samplers (SD only) draw their noise at the UNet's own size.
+        unet = json.loads((info.path / "unet" / "config.json").read_text())
+        vae = json.loads((info.path / "vae" / "config.json").read_text())
+        native = int(unet["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)
+        h, w = int(sized.get("height", sized.get("width"))), int(sized.get("width", sized.get("height")))
+        if (h, w) != (native, native):
+            raise ModelLoadError(f"{model}: early stopping, adaptive steps and continuous batching generate at the "
+                                 f"UNet's {native}×{native}; dynagen.json asks {h}×{w}")
+    return info
 
 
 def model_defaults(path: str | Path) -> dict[str, Any]:
-    """Optional per-model defaults (e.g. guidance_scale) from ``dynagen.json`` beside model_index.json."""
+    """Optional per-model defaults (guidance_scale, height, width) from ``dynagen.json`` beside model_index.json."""
     f = Path(path) / "dynagen.json"
     return json.loads(f.read_text()) if f.is_file() else {}
 
 
-def load_pipeline(path: str | Path, scheduler: str = "ddim", device: str = "cpu", allow_unsafe: bool = False):
-    """Load a diffusers text-to-image pipeline from a local folder, offline, with the chosen scheduler."""
+def make_scheduler(pipe, name: str):
+    """The pipeline's scheduler as dynagen's sampler ``name``, built from the folder's scheduler config."""
     import diffusers
 
-    if scheduler not in SCHEDULERS:
-        raise ModelLoadError(f"unknown scheduler '{scheduler}' (choose from {', '.join(SCHEDULERS)})")
-    check_model_dir(path, allow_unsafe=allow_unsafe)
+    if name == AUTO:  # a pipeline of no family of ours: its own scheduler
+        return pipe.scheduler
+    cls = getattr(diffusers, SCHEDULER_CLASSES[name])
+    config = pipe.scheduler.config
+    extra: dict[str, Any] = {"algorithm_type": "dpmsolver++"} if name == "dpm++" else {}
+    if name == "flow-euler" and not isinstance(pipe.scheduler, cls) and "flow_shift" in config:
+        extra["shift"] = config["flow_shift"]  # a flow-matching DPM-Solver config (Sana ships one) names it so
+    return cls.from_config(config, **extra)
+
+
+def load_pipeline(path: str | Path, scheduler: str = AUTO, device: str = "cpu", allow_unsafe: bool = False,
+                  dtype: str = AUTO, compile: bool = False, vae_slicing: bool = False, vae_tiling: bool = False):
+    """Load a diffusers text-to-image pipeline from a local folder or cached hub id, offline, safetensors only unless
+    ``allow_unsafe``, with the chosen sampler ('auto' = the family's), dtype ('auto' = by device and family), an
+    optionally ``torch.compile``\\ d denoiser and VAE slicing/tiling."""
+    import diffusers
+    import torch
+
+    info = check_model_dir(path, allow_unsafe=allow_unsafe)
+    try:
+        name = info.family.scheduler(scheduler)
+    except ValueError as e:
+        raise ModelLoadError(f"{path}: {e}") from None
+    dtype = default_dtype(info.family, device) if dtype == AUTO else dtype
+    if dtype not in DTYPES:
+        raise ModelLoadError(f"unknown dtype {dtype!r} (choose from {', '.join(DTYPES)})")
     import transformers
 
     # Loading bars from every actor would drown the job's own progress output.
     diffusers.utils.logging.disable_progress_bar()
     transformers.utils.logging.disable_progress_bar()
+    # Null components are passed as None: SD3 without T5 needs it said; the safety checker is never loaded.
+    nulls = {c: None for c in info.null_components}
+    if "safety_checker" in diffusers.DiffusionPipeline._get_signature_keys(getattr(diffusers, info.pipeline_class))[0]:
+        nulls["safety_checker"] = None
     try:
         pipe = diffusers.DiffusionPipeline.from_pretrained(
-            str(path), local_files_only=True, use_safetensors=not allow_unsafe, safety_checker=None
+            str(info.path), local_files_only=True, use_safetensors=not allow_unsafe, dtype=getattr(torch, dtype),
+            **nulls,
         )
     except Exception as e:  # diffusers raises many types; the user needs one line naming the folder
         raise ModelLoadError(f"{path}: failed to load pipeline: {one_line(e)}") from None
-    sched_cls = getattr(diffusers, SCHEDULERS[scheduler])
-    extra = {"algorithm_type": "dpmsolver++"} if scheduler == "dpm++" else {}
-    pipe.scheduler = sched_cls.from_config(pipe.scheduler.config, **extra)
+    pipe.scheduler = make_scheduler(pipe, name)
     pipe.set_progress_bar_config(disable=True)
-    return pipe.to(device)
+    for on, what in ((vae_slicing, "slicing"), (vae_tiling, "tiling")):
+        if on:
+            if not hasattr(pipe.vae, f"enable_{what}"):
+                raise ModelLoadError(f"{path}: its VAE ({type(pipe.vae).__name__}) has no {what}")
+            getattr(pipe.vae, f"enable_{what}")()
+    pipe = pipe.to(device)
+    if compile:
+        # The forward only: the module's __call__ (and so the evaluation counter's hook) stays eager.
+        den = denoiser(pipe)
+        den.forward = torch.compile(den.forward)
+    return pipe
+
+
+def denoiser(pipe):
+    """The network a step evaluates: the UNet (SD, SDXL) or the transformer (SD3, FLUX, PixArt-Σ, Sana)."""
+    den = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
+    if den is None:
+        raise ModelLoadError(f"{type(pipe).__name__} has neither a unet nor a transformer")
+    return den
+
+
+def resolution(pipe, defaults: dict) -> tuple[int, int]:
+    """(height, width): dynagen.json's, else the denoiser's sample size × the VAE factor, else the pipeline's
+    default sample size × the VAE factor (FLUX's config has no sample size)."""
+    if "height" in defaults or "width" in defaults:
+        h = int(defaults.get("height", defaults.get("width")))
+        return h, int(defaults.get("width", h))
+    sample = denoiser(pipe).config.get("sample_size") or getattr(pipe, "default_sample_size", None)
+    if isinstance(sample, (list, tuple)):
+        sample = sample[0]
+    if not sample:
+        raise ModelLoadError(f"{type(pipe).__name__}: no sample size in its config; set height/width in dynagen.json")
+    size = int(sample) * int(getattr(pipe, "vae_scale_factor", 8))
+    return size, size
+
+
+def _call_default(pipe, name: str, fallback: Any) -> Any:
+    """The default of one of the pipeline's ``__call__`` arguments (diffusers' per-family defaults)."""
+    import inspect
+
+    p = inspect.signature(pipe.__call__).parameters.get(name)
+    return fallback if p is None or p.default is inspect.Parameter.empty else p.default
 
 
 def to_uint8(images: np.ndarray) -> np.ndarray:
@@ -147,14 +299,16 @@ def to_uint8(images: np.ndarray) -> np.ndarray:
 
 
 class UNetCounter:
-    """Counts UNet evaluations per sample (a CFG batch of 2×B counts 2×B) via a forward hook."""
+    """Counts denoiser evaluations per sample (a CFG batch of 2×B counts 2×B) via a forward hook: the UNet of SD/SDXL
+    (called positionally) or the transformer of SD3/FLUX/PixArt-Σ/Sana (called with ``hidden_states=``)."""
 
-    def __init__(self, unet):
+    def __init__(self, module):
         self.evals = 0
-        unet.register_forward_hook(self._hook)
+        module.register_forward_hook(self._hook, with_kwargs=True)
 
-    def _hook(self, module, args, output):
-        self.evals += int(args[0].shape[0])
+    def _hook(self, module, args, kwargs, output):
+        x = args[0] if args else kwargs.get("hidden_states", kwargs.get("sample"))
+        self.evals += int(x.shape[0])
 
 
 # 2. The core ----------------------------------------------------------------------------------------------
@@ -166,12 +320,16 @@ class DiffusionCore:
     def __init__(
         self,
         model: str,
-        scheduler: str = "ddim",
+        scheduler: str = AUTO,
         guidance_scale: float | None = None,
         batch_size: int = 8,
         device: str | None = None,
         num_threads: int | None = None,
         allow_unsafe: bool = False,
+        dtype: str = AUTO,
+        compile: bool = False,
+        vae_slicing: bool = False,
+        vae_tiling: bool = False,
         early_stop: bool = False,
         early_stop_threshold: float | None = None,
         early_stop_interval: int | None = None,
@@ -189,17 +347,24 @@ class DiffusionCore:
             torch.set_num_threads(num_threads)
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.model = str(model)
-        self.scheduler = scheduler
-        self.pipe = load_pipeline(model, scheduler, self.device, allow_unsafe=allow_unsafe)
-        self.guidance_scale = (
-            guidance_scale if guidance_scale is not None else float(model_defaults(model).get("guidance_scale", 7.5))
-        )
+        # The family's refusals first (one line, before the weights load): its samplers, the per-sample features.
+        info = check_model(model, scheduler, early_stop, adaptive, batching, allow_unsafe=allow_unsafe)
+        self.family = info.family
+        self.scheduler = check_features(info.family, scheduler)  # 'auto' resolved: what calibration labels record
+        self.pipe = load_pipeline(model, scheduler, self.device, allow_unsafe=allow_unsafe, dtype=dtype, compile=compile,
+                                  vae_slicing=vae_slicing, vae_tiling=vae_tiling)
+        self.dtype = str(self.pipe.dtype).removeprefix("torch.")
+        # Guidance: the flag, else the folder's dynagen.json, else the pipeline's own default (diffusers: 7.5 for SD,
+        # 5.0 SDXL, 7.0 SD3, 3.5 FLUX, 4.5 PixArt-Σ and Sana).
+        if guidance_scale is None:
+            guidance_scale = info.defaults.get("guidance_scale", _call_default(self.pipe, "guidance_scale", 7.5))
+        self.guidance_scale = float(guidance_scale)
         self.batch_size = batch_size
-        self.counter = UNetCounter(self.pipe.unet)
+        self.counter = UNetCounter(denoiser(self.pipe))
         self.batches_run = 0
         self._tag = uuid.uuid4().hex[:8]
-        size = self.pipe.unet.config.sample_size * self.pipe.vae_scale_factor
-        self.height = self.width = int(size)
+        self.height, self.width = resolution(self.pipe, info.defaults)
+        self._call_kwargs = self._family_kwargs()
         # Per-sample early stopping (actors/early_stop.py): the step count becomes a budget. Built here so an
         # unsupported scheduler fails at load, not on the first batch.
         self.early_stop = None
@@ -213,7 +378,7 @@ class DiffusionCore:
             self.early_stop = EarlyStopSampler(self.pipe, EarlyStopConfig(**{k: v for k, v in given.items() if v is not None}))
         # Adaptive per-sample steps (actors/adaptive.py): the step count becomes each image's cap.
         self.adaptive = None
-        self.sampler_name = scheduler  # what the metadata's scheduler column records
+        self.sampler_name = self.scheduler  # what the metadata's scheduler column records
         if adaptive:
             from actors.adaptive import DEFAULT_TOL, AdaptiveError, AdaptiveSampler
 
@@ -234,6 +399,20 @@ class DiffusionCore:
             self.continuous = ContinuousSampler(self.pipe, self.guidance_scale, max_batch=batch_size,
                                                 adaptive=self.adaptive)
 
+    def _family_kwargs(self) -> dict[str, Any]:
+        """Fixed extra ``__call__`` arguments: the family's (PixArt-Σ/Sana: no resolution binning or caption
+        cleaning) and SDXL's size/crop conditioning, said explicitly: generated at its own size, uncropped."""
+        import inspect
+
+        params = inspect.signature(self.pipe.__call__).parameters
+        kw = {k: v for k, v in self.family.call_kwargs if k in params}
+        if self.family.name == "sdxl":
+            size = (self.height, self.width)
+            kw.update(original_size=size, target_size=size, crops_coords_top_left=(0, 0))
+        elif "use_resolution_binning" in params:  # another family's pipeline: our size, not its bins
+            kw["use_resolution_binning"] = False
+        return kw
+
     def generate(
         self, prompts: list[str], seeds: list[int], steps: int, negative_prompts: list[str] | None = None
     ) -> np.ndarray:
@@ -250,6 +429,8 @@ class DiffusionCore:
 
         gens = [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds]
         neg = negative_prompts if negative_prompts and any(negative_prompts) else None
+        if neg is not None and not self.family.negative_prompt:
+            raise ValueError(f"{self.family.label} models take no negative prompt")
         if self.adaptive is not None:  # ``steps``: one cap, or one per image
             caps = np.broadcast_to(np.asarray(steps, dtype=int), (len(prompts),))
             res = self.adaptive(prompts, gens, self.guidance_scale, neg, max_steps=caps)
@@ -262,14 +443,16 @@ class DiffusionCore:
         with torch.inference_mode():
             out = self.pipe(
                 prompt=list(prompts),
-                negative_prompt=neg,
                 num_inference_steps=int(steps),
                 guidance_scale=self.guidance_scale,
                 generator=gens,
                 height=self.height,
                 width=self.width,
                 output_type="np",
+                **({"negative_prompt": neg} if neg is not None else {}),
+                **self._call_kwargs,
             ).images
+        out = out.astype(np.float32) if out.dtype != np.float32 else out  # bfloat16 pipelines return float16/32
         self.batches_run += 1
         return to_uint8(out), [int(steps)] * len(seeds), [False] * len(seeds)
 
@@ -292,6 +475,12 @@ class DiffusionCore:
             planned_steps=[int(v) for v in rows["steps"]], stopped_early=[False] * n,
         )
         todo = [i for i in range(n) if out["status"][i] == "ok"]
+        if not self.family.negative_prompt:  # the row asks what this model cannot do: failed, not silently dropped
+            for i in todo:
+                if out["negative_prompt"][i]:
+                    out["status"][i] = FAILED
+                    out["error"][i] = f"{self.family.label} models take no negative prompt"
+            todo = [i for i in todo if out["status"][i] == "ok"]
         if self.continuous is not None:
             self._run_continuous(out, todo, on_batch)
             return out

@@ -339,7 +339,7 @@ class EarlyStopSampler:
                     convergence_rate(x0_prev, x0, t_prev, t, sched.config.num_train_timesteps)
                     if x0_prev is not None else torch.full((len(a),), float("nan"))
                 )
-                rate_np = rate.cpu().numpy().astype(float)
+                rate_np = rate.float().cpu().numpy().astype(float)  # numpy has no bfloat16
                 if on_check is not None:
                     on_check(CheckTrace(step=i + 1, rows=a, rate=rate_np, x0=x0.clone(), t=float(t),
                                         budget=len(timesteps), rate_prev=rate_prev.copy()))

@@ -49,7 +49,7 @@ def run(
     model: str,
     prompts: str | Sequence[str],
     out: str,
-    scheduler: str = "ddim",
+    scheduler: str = "auto",
     seeds: Sequence[int] = (0, 1, 2),
     grid: Sequence[int] | None = None,
     reference_steps: int = 200,
@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default="models/tiny-sd")
     p.add_argument("--prompts", required=True, help="file or synth:N[:SEED]")
     p.add_argument("--out", required=True)
-    p.add_argument("--scheduler", default="ddim", choices=list(SCHEDULER_NAMES))
+    p.add_argument("--scheduler", default="auto", choices=list(SCHEDULER_NAMES))
     p.add_argument("--seeds", type=_ints, default=[0, 1, 2])
     p.add_argument("--grid", type=_ints, default=None)
     p.add_argument("--reference-steps", type=int, default=200)

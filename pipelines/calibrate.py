@@ -183,7 +183,7 @@ class CalibrationCore:
     def __init__(
         self,
         model: str,
-        scheduler: str = "ddim",
+        scheduler: str = "auto",
         grid: Sequence[int] = DEFAULT_GRID,
         reference_steps: int = DEFAULT_REFERENCE_STEPS,
         threshold: float = DEFAULT_THRESHOLD,
@@ -301,7 +301,7 @@ def build(
     prompts: Sequence[str],
     *,
     model: str,
-    scheduler: str = "ddim",
+    scheduler: str = "auto",
     seeds: Sequence[int] = DEFAULT_SEEDS,
     grid: Sequence[int] = DEFAULT_GRID,
     reference_steps: int = DEFAULT_REFERENCE_STEPS,
@@ -322,8 +322,14 @@ def build(
     """
     import ray
 
-    # 1. Check inputs before any actor starts
+    # 1. Check inputs before any actor starts (the model too: its family must take the scheduler)
     grid = check_grid(grid, reference_steps, threshold)
+    from actors.diffusion import ModelLoadError, check_model
+
+    try:
+        check_model(model, scheduler)
+    except ModelLoadError as e:
+        raise CalibrationError(str(e)) from None
     bad = [i for i, p in enumerate(prompts) if not isinstance(p, str) or not p.strip()]
     if bad:
         raise CalibrationError(f"prompt {bad[0]} is empty or not a string ({len(bad)} bad prompts)")

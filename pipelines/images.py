@@ -36,7 +36,7 @@ def run(settings: Settings, src: str, dest: str, run_id: str | None = None, view
     import ray
 
     from actors import ledger as ledger_mod
-    from actors.diffusion import DiffusionActor, check_model_dir
+    from actors.diffusion import DiffusionActor, check_model, resolve_model
     from dynagen.core.raycluster import ensure_ray
     from pipelines.report import write_report
     from pipelines.sinks import ImageSink, done_ids
@@ -51,8 +51,8 @@ def run(settings: Settings, src: str, dest: str, run_id: str | None = None, view
         out.check()
     except Exception as e:
         raise RunError(str(e)) from None
-    try:
-        check_model_dir(s.model)
+    try:  # a folder, or a hub id in the local cache (the full check against its pipeline class comes before Ray)
+        model_path = resolve_model(s.model)
     except Exception as e:
         raise RunError(str(e)) from None
     if s.steps == "auto":
@@ -66,7 +66,7 @@ def run(settings: Settings, src: str, dest: str, run_id: str | None = None, view
     except Exception as e:
         raise RunError(str(e)) from None
     summary = RunSummary(run_id=run_id, source=src, dest=out.root, bad_shards=bad_shards, started_at=now_iso(),
-                         settings=settings_record(settings), model_fingerprint=model_fingerprint(s.model),
+                         settings=settings_record(settings), model_fingerprint=model_fingerprint(model_path),
                          stepsaver_fingerprint=artifact_fingerprint(s.stepsaver) if s.steps == "auto" else "")
 
     # 2. Resume: ids already finished in dest are skipped; repeated ids are generated once. Nothing new: the run
@@ -83,6 +83,12 @@ def run(settings: Settings, src: str, dest: str, run_id: str | None = None, view
 
         show_nothing_new(view, shards, s.limit, counts)
         return sink.summary
+    # The folder against its pipeline class's components, and what its family refuses (early stopping on FLUX, a
+    # sampler it does not take): after the nothing-new exit, since asking diffusers costs the driver ~5-7 s of imports.
+    try:
+        check_model(s.model, s.scheduler, s.early_stop, s.adaptive, s.batching)
+    except Exception as e:
+        raise RunError(str(e)) from None
     ensure_ray(settings.ray)
     ledger = ledger_mod.make_actor(done)
     board = None
@@ -115,7 +121,7 @@ def run(settings: Settings, src: str, dest: str, run_id: str | None = None, view
         DiffusionActor,
         fn_constructor_kwargs=dict(
             progress=board, model=s.model, scheduler=s.scheduler, guidance_scale=s.guidance_scale, batch_size=s.batch_size,
-            num_threads=max(1, math.ceil(s.cpus_per_actor)), **s.early_stop_kwargs(),
+            num_threads=max(1, math.ceil(s.cpus_per_actor)), **s.load_kwargs(), **s.early_stop_kwargs(),
         ),
         batch_size=s.group_window,
         compute=ray.data.ActorPoolStrategy(min_size=s.actors_min, max_size=max(s.actors_min, s.actors_max)),

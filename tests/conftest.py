@@ -48,6 +48,16 @@ def tiny_model(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="session")
+def family_models(tmp_path_factory) -> dict[str, str]:
+    """Every diffusers family dynagen runs (SD, SDXL, SD3, FLUX, PixArt-Σ, Sana) as a tiny random pipeline built from
+    configs and saved like real weights: {family name: folder}. About 5 s for all six, no download."""
+    from dynagen.world.tiny_families import FAMILY_NAMES, save_family
+
+    root = tmp_path_factory.mktemp("families")
+    return {name: save_family(name, root / name) for name in FAMILY_NAMES}
+
+
+@pytest.fixture(scope="session")
 def train_toy_stepsaver(tmp_path_factory):
     """Trains a small StepSaver on a toy labelling rule: returns ``train(prompts, grid) -> (predictor, metrics, path)``.
 

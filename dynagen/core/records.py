@@ -112,9 +112,10 @@ def file_fingerprint(path) -> str:
 
 
 def model_fingerprint(model) -> str:
-    """The fingerprint of a diffusers folder's UNet weights ('' if not readable here): tells a stale predictor or
-    signal apart from the model it was calibrated on."""
-    files = sorted(Path(model).glob("unet/*.safetensors")) if Path(model).is_dir() else []
+    """The fingerprint of a diffusers folder's denoiser weights (unet/, or transformer/ for SD3, FLUX, PixArt-Σ, Sana;
+    '' if not readable here): tells a stale predictor or signal apart from the model it was calibrated on."""
+    root = Path(model)
+    files = sorted([*root.glob("unet/*.safetensors"), *root.glob("transformer/*.safetensors")]) if root.is_dir() else []
     return file_fingerprint(files[0]) if files else ""
 
 

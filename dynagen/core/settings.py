@@ -18,8 +18,12 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 ENV_PREFIX = "DYNAGEN_"
-Scheduler = Literal["ddim", "euler", "dpm++"]  # the one list: the CLI, nightly and actors.diffusion use it
+# The one list of samplers: the CLI, nightly and actors.diffusion use it. "auto" = the model family's own default
+# (ddim for SD 1.x/2.x, euler for SDXL, dpm++ for PixArt-Σ, flow-euler for SD3, FLUX and Sana: actors/families.py).
+Scheduler = Literal["auto", "ddim", "euler", "dpm++", "flow-euler"]
 SCHEDULER_NAMES: tuple[str, ...] = get_args(Scheduler)
+DType = Literal["auto", "float32", "float16", "bfloat16"]  # a diffusion pipeline's weights and activations
+DTYPE_NAMES: tuple[str, ...] = get_args(DType)
 Batching = Literal["grouped", "continuous"]  # how a diffusion actor batches rows (actors/diffusion.py)
 BATCHING_NAMES: tuple[str, ...] = get_args(Batching)
 
@@ -93,15 +97,27 @@ class RaySettings(_Section):
 
 
 class ImageSettings(_Section):
-    model: str = Field(default_factory=_embedded("tiny-sd"), description="diffusers pipeline folder.")
+    model: str = Field(default_factory=_embedded("tiny-sd"), description="diffusers text-to-image pipeline: a folder, "
+                       "or a hub id (org/name) already in the local Hugging Face cache (never downloaded).")
     stepsaver: str = Field(default_factory=_embedded("stepsaver"), description="StepSaver predictor folder.")
     steps: Literal["auto"] | int = Field(
         "auto", description="'auto' = StepSaver predicts per prompt; an int fixes the step count for every prompt."
     )
-    scheduler: Scheduler = Field("ddim", description="Sampler: ddim, euler or dpm++.")
+    scheduler: Scheduler = Field("auto", description="Sampler: auto (the model family's default), ddim, euler, dpm++ "
+                                 "(UNet families and PixArt-Σ) or flow-euler (SD3, FLUX, Sana).")
     guidance_scale: float | None = Field(
-        None, ge=0, description="Classifier-free guidance; unset = the model folder's default (dynagen.json) or 7.5."
+        None, ge=0, description="Classifier-free guidance; unset = the model folder's default (dynagen.json), else "
+        "the pipeline's own (7.5 SD, 5 SDXL, 7 SD3, 3.5 FLUX, 4.5 PixArt-Σ and Sana).",
     )
+    dtype: DType = Field(
+        "auto", description="Diffusion weights' dtype: auto = float32 on CPU (half precision is emulated there), on a "
+        "GPU the family's published one (float16: SD, SDXL, PixArt-Σ; bfloat16: SD3, FLUX, Sana).",
+    )
+    compile: bool = Field(False, description="torch.compile the denoiser's forward (a minutes-long first batch per "
+                          "actor; pays only on long GPU runs).")
+    vae_slicing: bool = Field(False, description="Decode a batch's images one at a time (less VAE memory, same images).")
+    vae_tiling: bool = Field(False, description="Decode large images in overlapping tiles (less VAE memory; may show "
+                             "faint seams; images under the VAE's tile size are unchanged).")
     batch_size: int = Field(8, ge=1, le=1024, description="Images per diffusion batch (all of one step count).")
     group_window: int = Field(
         256, ge=1, description="Rows a diffusion actor groups by step count at once; larger = fuller batches."
@@ -145,6 +161,11 @@ class ImageSettings(_Section):
         "active set of batch_size samples, each on its own step count, a finished sample's slot refilled at the "
         "next UNet call.",
     )
+
+    def load_kwargs(self) -> dict:
+        """How ``actors.diffusion.DiffusionCore`` loads the pipeline (dtype, compile, VAE slicing/tiling): one mapping
+        for the job and Serve."""
+        return dict(dtype=self.dtype, compile=self.compile, vae_slicing=self.vae_slicing, vae_tiling=self.vae_tiling)
 
     def early_stop_kwargs(self) -> dict:
         """The per-sample arguments (early stop, adaptive steps, batching) of ``actors.diffusion.DiffusionCore``: one
@@ -228,7 +249,8 @@ class ServeSettings(_Section):
     batch_wait_timeout_s: float = Field(0.05, ge=0, description="How long an image batch waits to fill up.")
     batching: Literal["auto", "grouped", "continuous"] = Field(
         "auto", description="How image replicas batch requests: auto = continuous (bench/serve.py: 1.7-2.1x grouped's "
-        "images/s at 8-16 clients) unless images.early_stop is on, which only grouped runs; grouped = one "
+        "images/s at 8-16 clients) unless images.early_stop is on or the model's family runs only grouped batching "
+        "(every family but SD 1.x/2.x); grouped = one "
         "@serve.batch queue per step count; continuous = one active set, a request joins at the next UNet call. "
         "Serve only: the batch job's mode is images.batching.",
     )
@@ -289,11 +311,13 @@ class Settings(_Section):
     llm: LLMSettings = Field(default_factory=LLMSettings)
     serve: ServeSettings = Field(default_factory=ServeSettings)
 
-    def serve_image_batching(self) -> str:
-        """The image replicas' batching mode: ``serve.batching`` with ``auto`` resolved (see its description)."""
+    def serve_image_batching(self, model_runs_continuous: bool = True) -> str:
+        """The image replicas' batching mode: ``serve.batching`` with ``auto`` resolved (see its description).
+        ``model_runs_continuous``: whether the model's family supports continuous batching (SD 1.x/2.x only; the
+        caller knows the model, the settings do not)."""
         if self.serve.batching != "auto":
             return self.serve.batching
-        return "grouped" if self.images.early_stop else "continuous"
+        return "grouped" if self.images.early_stop or not model_runs_continuous else "continuous"
 
     @model_validator(mode="after")
     def _serve_batching(self) -> "Settings":

@@ -79,14 +79,14 @@ def test_bad_model_folders(tiny_model, tmp_path):
         f.rename(f.with_name("diffusion_pytorch_model.bin"))
     with pytest.raises(ModelLoadError, match="safetensors required"):
         check_model_dir(pickled)
-    with pytest.raises(ModelLoadError, match="unknown scheduler"):
+    with pytest.raises(ModelLoadError, match=r"SD 1.x/2.x models run with ddim, euler, dpm\+\+; scheduler 'heun'"):
         DiffusionCore(tiny_model, "heun")
 
 
 def test_one_scheduler_list():
-    """The settings' list is the one the CLI offers and the actor knows."""
-    from actors.diffusion import SCHEDULERS
+    """The settings' list is the one the CLI offers and the actor knows ('auto' = the family's own)."""
+    from actors.families import AUTO, SCHEDULER_CLASSES
     from dynagen.app.cli.common import SchedulerName
     from dynagen.core.settings import SCHEDULER_NAMES
 
-    assert tuple(SCHEDULERS) == SCHEDULER_NAMES == tuple(m.value for m in SchedulerName)
+    assert (AUTO, *SCHEDULER_CLASSES) == SCHEDULER_NAMES == tuple(m.value for m in SchedulerName)

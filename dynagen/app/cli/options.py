@@ -17,7 +17,7 @@ from typing import Annotated, Any, Callable, Optional
 
 import typer
 
-from dynagen.app.cli.common import BatchingName, SchedulerName
+from dynagen.app.cli.common import BatchingName, DTypeName, SchedulerName
 from dynagen.core.settings import Settings
 
 
@@ -64,6 +64,10 @@ IMAGE_FLAGS: tuple[Flag, ...] = (
     Flag("images.adaptive", Optional[bool], ("--adaptive/--no-adaptive",)),
     Flag("images.adaptive_tol", Optional[float]),
     Flag("images.batching", Optional[BatchingName], convert=lambda v: v.value if v else None),
+    Flag("images.dtype", Optional[DTypeName], convert=lambda v: v.value if v else None),
+    Flag("images.compile", Optional[bool], ("--compile/--no-compile",)),
+    Flag("images.vae_slicing", Optional[bool], ("--vae-slicing/--no-vae-slicing",)),
+    Flag("images.vae_tiling", Optional[bool], ("--vae-tiling/--no-vae-tiling",)),
 )
 
 LLM_FLAGS: tuple[Flag, ...] = (

@@ -113,12 +113,14 @@ class ImageGenerator:
         self.core = None
         self.unavailable: str | None = None
         try:
-            from actors.diffusion import DiffusionCore
+            from actors.diffusion import DiffusionCore, check_model_dir
 
+            # serve.batching=auto: continuous where the model's family runs it (SD 1.x/2.x), else grouped.
+            batching = s.serve_image_batching(check_model_dir(s.images.model).family.per_sample is None)
             self.core = DiffusionCore(model=s.images.model, scheduler=s.images.scheduler,
                                       guidance_scale=s.images.guidance_scale, batch_size=s.serve.max_batch_size,
-                                      num_threads=_threads(s.serve.images_num_cpus),
-                                      **{**s.images.early_stop_kwargs(), "batching": s.serve_image_batching()})
+                                      num_threads=_threads(s.serve.images_num_cpus), **s.images.load_kwargs(),
+                                      **{**s.images.early_stop_kwargs(), "batching": batching})
         except Exception as e:  # a missing/bad model folder: serve the other endpoints, answer 503 here
             self.unavailable = f"diffusion model not loaded ({one_line(e)})"
             log.warning("dynagen: %s", self.unavailable)

@@ -83,6 +83,7 @@ def test_serve_batching_auto_is_continuous_unless_early_stop_asks_for_grouped():
     assert load_settings(overrides={"images.early_stop": True}, env={})[0].serve_image_batching() == "grouped"
     assert load_settings(overrides={"images.adaptive": True}, env={})[0].serve_image_batching() == "continuous"
     assert load_settings(overrides={"serve.batching": "grouped"}, env={})[0].serve_image_batching() == "grouped"
+    assert s.serve_image_batching(model_runs_continuous=False) == "grouped"  # e.g. an SDXL or FLUX folder
     with pytest.raises(SettingsError, match="serve.batching=continuous does not combine"):
         load_settings(overrides={"serve.batching": "continuous", "images.early_stop": True}, env={})
     # The batch job: adaptive steps run under continuous batching, early stopping does not.

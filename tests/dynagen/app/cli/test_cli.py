@@ -100,3 +100,19 @@ def test_config_show_effective_storage_values_uncut_when_piped(monkeypatch):
     assert rows["storage.region"] == ["eu-west-3", "env AWS_REGION"]
     assert rows["storage.secret_access_key"] == ["********", "env AWS_SECRET_ACCESS_KEY"]
     assert "env-secret-value" not in r.output
+
+
+def test_precision_flags_set_their_settings(tmp_path):
+    """--dtype, --compile, --vae-slicing and --vae-tiling are job flags (run and submit share them) setting the images
+    section; --scheduler takes 'auto' and 'flow-euler'."""
+    from dynagen.app.cli.options import IMAGE_FLAGS
+    from dynagen.core.settings import load_settings
+
+    keys = {f.key for f in IMAGE_FLAGS}
+    assert {"images.dtype", "images.compile", "images.vae_slicing", "images.vae_tiling"} <= keys
+    r = runner.invoke(app, ["run", "images", "--help"], env={"COLUMNS": "200"})
+    assert all(f in r.output for f in ("--dtype", "--compile", "--vae-slicing", "--vae-tiling", "flow-euler"))
+    s = load_settings(None, {}, env={})[0].images
+    assert (s.dtype, s.compile, s.vae_slicing, s.vae_tiling, s.scheduler) == ("auto", False, False, False, "auto")
+    r = runner.invoke(app, ["run", "images", "--prompts", "x", "--out", str(tmp_path), "--dtype", "float8"])
+    assert r.exit_code == 2 and "float8" in r.output

@@ -178,6 +178,21 @@ def test_images_auto_uses_the_predicted_steps(app):
     assert int(r.headers[H_STEPS]) == expected[1]
 
 
+def test_auto_batching_serves_a_family_without_continuous_batching_grouped(family_models):
+    """serve.batching=auto on an SDXL folder (continuous batching is SD 1.x/2.x only): the replica loads grouped and
+    serves, rather than refusing the model. Driven directly, like the early-stop test below."""
+    import asyncio
+
+    from dynagen.app.serve.deployments import ImageGenerator
+    from dynagen.core.settings import load_settings
+
+    settings, _ = load_settings(overrides={"images.model": family_models["sdxl"]}, env={})
+    gen = ImageGenerator.func_or_class(settings.model_dump_json())
+    assert gen.unavailable is None and gen.core.continuous is None
+    res = asyncio.run(gen._run_batch(2, [("a red circle", 1, 2)]))
+    assert res[0].png.startswith(b"\x89PNG")
+
+
 def test_image_deployment_early_stop_reports_steps_run(ray_local, tiny_model):
     """images.early_stop reaches Serve: the step count is a budget, and each image says how many steps it ran.
     The deployment class is driven directly (no HTTP): one more Serve app per test module would cost more than it
