@@ -3,7 +3,7 @@
 ``run(settings, src, dest)`` wires the stages; every stage's resources are set here, not in the actors.
 Writes ``DEST/responses/<run_id>-<hash>.parquet`` (one file per write block, named from the block's ids so a
 retried write overwrites itself) and ``DEST/runs/<run_id>.json`` (an :class:`LLMRunSummary`), both through
-:class:`pipelines.sinks.ResponseSink`. A rerun skips ids already in ``DEST/responses`` (resume), exactly like the
+:class:`pipelines.sinks.ResponseSink`, then ``DEST/runs/<run_id>.md`` (prompt, route and answer per row). A rerun skips ids already in ``DEST/responses`` (resume), exactly like the
 image job.
 """
 
@@ -79,7 +79,7 @@ def run(settings: Settings, src: str, dest: str, run_id: str | None = None, view
     from actors.router import RouterActor, RouterError, apply_cut, check_share, get_router, job_cut
     from dynagen.core.raycluster import ensure_ray
     from dynagen.core.sources import read_prompts
-    from pipelines.sinks import ResponseSink, response_done_ids
+    from pipelines.sinks import ResponseSink, read_responses, response_done_ids
 
     s = settings.llm
     run_id = run_id or new_run_id()
@@ -193,5 +193,11 @@ def run(settings: Settings, src: str, dest: str, run_id: str | None = None, view
     finally:
         if board is not None:
             ray.kill(board)
+
+    # 7. The report a person reads: prompt · route · answer for each row of this run (runs/<run_id>.md).
+    from pipelines.report import write_llm_report
+
+    cols = ["id", "prompt", "route", "router_score", "response", "completion_tokens", "status", "error", "run_id"]
+    write_llm_report(out, sink.summary, [r for r in read_responses(out, columns=cols).to_pylist() if r["run_id"] == run_id])
     return sink.summary
 

@@ -94,6 +94,9 @@ def test_job_share_mode_sends_exactly_the_target_share(ray_local, tmp_path):
     rows = read_responses(Storage(str(tmp_path / "out"))).to_pylist()
     large = [r["router_score"] for r in rows if r["route"] == "large"]
     assert min(large) >= max(r["router_score"] for r in rows if r["route"] == "small") and min(large) == s.threshold
+    report = (tmp_path / "out" / "runs" / f"{s.run_id}.md").read_text()  # the page a person reads
+    assert "large share 29.9% (target 30%)" in report and "## Answers (200 of 301)" in report
+    assert sum(line.startswith("| ") and " | large | " in line for line in report.splitlines()) >= 50
 
 
 @pytest.mark.slow  # ~1.5 min on a busy 2-core box: the router actor loads the real MiniLM encoder
