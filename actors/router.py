@@ -44,6 +44,8 @@ CONFIG_FILE = "config.json"
 HEAD_FILE = "head.safetensors"
 CALIBRATION_FILE = "calibration.json"
 SMALL, LARGE = "small", "large"
+PENDING = "pending"  # scored, not yet routed (share mode 'job': the cut needs every row's score first)
+SHARE_MODES = ("job", "calibrated", "per_batch")
 # Salted so our validation split is independent of the 70/30 split that produced the training file
 # (that one used the unsalted sha256(prompt); every row we have shares its low values).
 SPLIT_SALT = "dynagen-router-val/1:"
@@ -83,6 +85,26 @@ def check_share(share: float) -> float:
     if not isinstance(share, (int, float)) or isinstance(share, bool) or math.isnan(share) or not 0.0 <= share <= 1.0:
         raise ValueError(f"large share must be a number in [0, 1], got {share!r}")
     return float(share)
+
+
+def job_cut(scores: Sequence[float], ids: Sequence[str], share: float) -> tuple[float, str] | None:
+    """The ``share`` mode ``job``: the (score, id) of the last row that goes large when a job's own top
+    ``round(share × n)`` rows go large (None: no row does). Ties in score are broken by id, so the count is exact
+    and reruns of the same rows route alike; the realised share is within half a prompt of the target.
+    """
+    share = check_share(share)
+    sc = np.asarray(scores, dtype=np.float64)
+    keep = np.isfinite(sc)
+    n_large = int(math.floor(share * int(keep.sum()) + 0.5))
+    if n_large == 0:
+        return None
+    keys = sorted(((float(v), str(i)) for v, i, k in zip(sc, ids, keep) if k), reverse=True)
+    return keys[n_large - 1]
+
+
+def goes_large(score: float, row_id: str, cut: tuple[float, str] | None) -> bool:
+    """Whether a row is among the job's top share (``job_cut``): (score, id) at or above the cut."""
+    return cut is not None and math.isfinite(score) and (float(score), str(row_id)) >= cut
 
 
 def pgr_curve(scores: Sequence[float], weak: Sequence[float], strong: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
@@ -438,7 +460,8 @@ class RouterActor:
 
     ``share_mode='calibrated'`` routes ``score >= router.threshold(large_share)``; ``'per_batch'`` sends the top
     ``round(large_share × n)`` scores of each batch to the large model (any prompt mix, at the cost of a prompt's
-    route depending on its batch).
+    route depending on its batch); ``'job'`` only scores (route :data:`PENDING`): the pipeline routes once every
+    row of the job is scored (:func:`job_cut`, :func:`apply_cut`).
     """
 
     def __init__(self, name: str, path: str | None, large_share: float, share_mode: str = "calibrated",
@@ -446,6 +469,8 @@ class RouterActor:
         self.router = get_router(name, path, num_threads=num_threads)
         self.share = check_share(large_share)
         self.mode = share_mode
+        if share_mode not in SHARE_MODES:
+            raise RouterError(f"unknown share mode '{share_mode}' (choose from {', '.join(SHARE_MODES)})")
         self.threshold = self.router.threshold(self.share) if share_mode == "calibrated" else None
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -464,12 +489,24 @@ class RouterActor:
                 good.append(i)
         if good:
             sc = score_col[good]
-            if self.mode == "per_batch":
-                n_large = int(round(self.share * len(good)))
-                large = np.zeros(len(good), dtype=bool)
-                large[np.argsort(-sc, kind="stable")[:n_large]] = True
+            if self.mode == "job":
+                route[good] = PENDING
             else:
-                large = sc >= self.threshold
-            route[good] = np.where(large, LARGE, SMALL)
+                if self.mode == "per_batch":
+                    n_large = int(round(self.share * len(good)))
+                    large = np.zeros(len(good), dtype=bool)
+                    large[np.argsort(-sc, kind="stable")[:n_large]] = True
+                else:
+                    large = sc >= self.threshold
+                route[good] = np.where(large, LARGE, SMALL)
         batch.update(status=status, error=error, router_score=score_col, route=route)
         return batch
+
+
+def apply_cut(batch: dict[str, np.ndarray], cut: tuple[float, str] | None) -> dict[str, np.ndarray]:
+    """``map_batches`` step after a ``job``-mode router stage: rows still :data:`PENDING` go large or small."""
+    route = batch["route"].astype(object).copy()
+    for i in np.nonzero(route == PENDING)[0]:
+        route[i] = LARGE if goes_large(float(batch["router_score"][i]), batch["id"][i], cut) else SMALL
+    batch["route"] = route
+    return batch

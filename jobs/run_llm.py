@@ -41,8 +41,8 @@ def run_and_report(settings: Settings, src: str, dest: str, run_id: str | None =
     if (warning := share_warning(s)) is not None:
         console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
     print_failures(console, s)
-    console.print(f"summary: {dest.rstrip('/')}/runs/{s.run_id}.json  responses: {dest.rstrip('/')}/responses/",
-                  highlight=False)
+    console.print(f"summary: {dest.rstrip('/')}/runs/{s.run_id}.json  report: {dest.rstrip('/')}/runs/{s.run_id}.md  "
+                  f"responses: {dest.rstrip('/')}/responses/", highlight=False)
     if not verbose and (logs := ray_log_dir()):
         console.print(f"Ray's own logs: {logs} (--verbose shows them here)", highlight=False)
     return 0

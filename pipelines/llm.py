@@ -3,7 +3,7 @@
 ``run(settings, src, dest)`` wires the stages; every stage's resources are set here, not in the actors.
 Writes ``DEST/responses/<run_id>-<hash>.parquet`` (one file per write block, named from the block's ids so a
 retried write overwrites itself) and ``DEST/runs/<run_id>.json`` (an :class:`LLMRunSummary`), both through
-:class:`pipelines.sinks.ResponseSink`. A rerun skips ids already in ``DEST/responses`` (resume), exactly like the
+:class:`pipelines.sinks.ResponseSink`, then ``DEST/runs/<run_id>.md`` (prompt, route and answer per row). A rerun skips ids already in ``DEST/responses`` (resume), exactly like the
 image job.
 """
 
@@ -61,8 +61,8 @@ def share_warning(s: LLMRunSummary) -> str | None:
     if s.realised_large_share is None or abs(s.realised_large_share - s.target_large_share) <= SHARE_TOLERANCE:
         return None
     routed = s.routes.get("small", 0) + s.routes.get("large", 0)
-    hint = (" (the calibrated threshold fits prompts like the router's calibration set; llm.share_mode: per_batch "
-            "sends the target share of each batch)" if s.share_mode == "calibrated" else "")
+    hint = (" (the calibrated threshold fits prompts like the router's calibration set; llm.share_mode: job "
+            "sends the target share of this run's prompts)" if s.share_mode == "calibrated" else "")
     return (f"realised large share {100 * s.realised_large_share:.1f}% ({s.routes.get('large', 0)} of {routed}) is "
             f"{100 * abs(s.realised_large_share - s.target_large_share):.1f} points off the target "
             f"{100 * s.target_large_share:.0f}%{hint}")
@@ -76,10 +76,10 @@ def run(settings: Settings, src: str, dest: str, run_id: str | None = None, view
 
     from actors import ledger as ledger_mod
     from actors.llm import LLMActor, check_model_dir
-    from actors.router import RouterActor, RouterError, check_share, get_router
+    from actors.router import RouterActor, RouterError, apply_cut, check_share, get_router, job_cut
     from dynagen.core.raycluster import ensure_ray
     from dynagen.core.sources import read_prompts
-    from pipelines.sinks import ResponseSink, response_done_ids
+    from pipelines.sinks import ResponseSink, read_responses, response_done_ids
 
     s = settings.llm
     run_id = run_id or new_run_id()
@@ -152,6 +152,14 @@ def run(settings: Settings, src: str, dest: str, run_id: str | None = None, view
     # The two pools and the failed rows each read this; without materializing, every branch would re-run the
     # read and the router. Rows are text only (no model outputs yet), so holding them is cheap.
     ds = ds.materialize()
+    if s.share_mode == "job":
+        # 4b. This job's own quantile: the top round(share × n) scores go large, so the realised share holds on any
+        #     prompt mix. Needs every row's score first (id + score per row on the driver: ~100 bytes a row).
+        scored = ds.select_columns(["id", "router_score", "route"]).to_pandas()
+        scored = scored[scored["route"] == "pending"]
+        cut = job_cut(scored["router_score"].tolist(), scored["id"].tolist(), share)
+        summary.threshold = None if cut is None else float(cut[0])
+        ds = ds.map_batches(apply_cut, fn_kwargs={"cut": cut}, num_cpus=LIGHT_CPU).materialize()
 
     # 5. Answer: one actor pool per model, each with its own size and resources.
     branches = []
@@ -161,6 +169,7 @@ def run(settings: Settings, src: str, dest: str, run_id: str | None = None, view
                 LLMActor,
                 fn_constructor_kwargs=dict(
                     progress=board, model=models[r], max_new_tokens=s.max_new_tokens, batch_size=s.batch_size,
+                    prompt_format=s.prompt_format, stop=s.stop, cache_dir=s.model_cache_dir,
                     over_context=s.over_context, max_prompt_tokens=s.max_prompt_tokens, num_threads=max(1, math.ceil(s.cpus_per_actor)),
                 ),
                 batch_size=s.batch_size * WINDOW_BATCHES,
@@ -184,5 +193,11 @@ def run(settings: Settings, src: str, dest: str, run_id: str | None = None, view
     finally:
         if board is not None:
             ray.kill(board)
+
+    # 7. The report a person reads: prompt · route · answer for each row of this run (runs/<run_id>.md).
+    from pipelines.report import write_llm_report
+
+    cols = ["id", "prompt", "route", "router_score", "response", "completion_tokens", "status", "error", "run_id"]
+    write_llm_report(out, sink.summary, [r for r in read_responses(out, columns=cols).to_pylist() if r["run_id"] == run_id])
     return sink.summary
 

@@ -1,4 +1,5 @@
-"""The human view of a run: one self-contained HTML page (thumbnails inlined, no external assets)."""
+"""The human view of a run: for images one self-contained HTML page (thumbnails inlined, no external assets); for
+the LLM job a Markdown page (prompt, route and answer per row)."""
 
 from __future__ import annotations
 
@@ -93,4 +94,47 @@ def write_report(storage: Storage, s: RunSummary, thumbs: dict[str, list[tuple[s
     """Render the report of a finished run and write it beside its summary, ``runs/<run_id>.html``; returns the key."""
     key = f"runs/{s.run_id}.html"
     storage.put_bytes(key, render_report(s, thumbs).encode(), "text/html")
+    return key
+
+
+# The LLM job's report: Markdown, readable in a terminal, an editor or a code host ----------------------------------
+
+LLM_REPORT_ROWS = 200  # rows listed in full; a longer run lists its first rows by id (the Parquet has them all)
+
+
+def _cell(text, limit: int = 400) -> str:
+    """One Markdown table cell: one line, pipes escaped, long text cut with an ellipsis."""
+    s = "" if text is None else " ".join(str(text).split())
+    s = s if len(s) <= limit else s[: limit - 1] + "…"
+    return s.replace("|", "\\|")
+
+
+def render_llm_report(s, rows: list[dict]) -> str:
+    """Markdown for one LLM run: the summary line, per-pool figures, then prompt · route · answer per row (by id)."""
+    share = "n/a" if s.realised_large_share is None else f"{100 * s.realised_large_share:.1f}%"
+    lines = [
+        f"# LLM run {s.run_id}", "",
+        f"{s.ok} ok, {s.failed} failed, {s.skipped} skipped · {s.wall_s:.1f} s · router {s.router} · share mode "
+        f"{s.share_mode} · large share {share} (target {100 * s.target_large_share:.0f}%)", "",
+        "| pool | model | prompts | completion tokens | tokens/s |", "| --- | --- | --- | --- | --- |",
+    ]
+    for route, p in sorted(s.pools.items()):
+        lines.append(f"| {route} | {_cell(p.get('model'))} | {p.get('rows', '')} | {p.get('completion_tokens', 0)} | "
+                     f"{p.get('tokens_per_s', 0)} |")
+    rows = sorted(rows, key=lambda r: str(r["id"]))
+    lines += ["", f"## Answers ({min(len(rows), LLM_REPORT_ROWS)} of {len(rows)})", "",
+              "| id | route | score | prompt | answer | tokens | status |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows[:LLM_REPORT_ROWS]:
+        score = r.get("router_score")
+        score = "" if score is None or score != score else f"{score:.3f}"
+        answer = r.get("response") if r.get("status") == "ok" else r.get("error")
+        lines.append(f"| {_cell(r['id'], 40)} | {r.get('route') or '-'} | {score} | {_cell(r.get('prompt'), 200)} | "
+                     f"{_cell(answer)} | {r.get('completion_tokens', 0)} | {r.get('status')} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_llm_report(storage: Storage, s, rows: list[dict]) -> str:
+    """``runs/<run_id>.md`` beside the run's summary; returns the key."""
+    key = f"runs/{s.run_id}.md"
+    storage.put_bytes(key, render_llm_report(s, rows).encode(), "text/markdown")
     return key

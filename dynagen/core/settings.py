@@ -202,10 +202,13 @@ class LLMSettings(_Section):
     router: str = Field("learned", description="Router name from the registry (learned, random, ...).")
     router_path: str = Field(default_factory=_embedded("router"), description="Learned router artifact folder.")
     large_share: float = Field(0.3, ge=0, le=1, description="Target share of prompts sent to the large model.")
-    share_mode: Literal["calibrated", "per_batch"] = Field(
-        "calibrated",
-        description="calibrated = the router's stored threshold for the share (a prompt's route never depends on "
-        "its neighbours); per_batch = the top share of each router batch (hits the share on any prompt mix).",
+    share_mode: Literal["job", "calibrated", "per_batch"] = Field(
+        "job",
+        description="job = score every prompt of the run first, then send its top large_share to the large model "
+        "(the realised share equals the target to within one prompt, on any prompt mix); calibrated = the router's "
+        "stored threshold for the share (for Serve and streaming: a prompt's route never depends on the others, but "
+        "the share drifts on prompts unlike the router's MMLU calibration set); per_batch = the top share of each "
+        "router batch.",
     )
     over_context: Literal["truncate", "fail"] = Field(
         "truncate", description="Prompts longer than the model context: keep their last tokens (flagged) or fail the row."
@@ -213,8 +216,24 @@ class LLMSettings(_Section):
     max_prompt_tokens: int | None = Field(
         None, ge=1, description="Cap on prompt tokens below the model context (bounds batch memory); unset = context."
     )
-    small_model: str = Field(default_factory=_embedded("llm-small"), description="Small causal LM (HF id or folder).")
-    large_model: str = Field(default_factory=_embedded("llm-large"), description="Large causal LM (HF id or folder).")
+    small_model: str = Field(default_factory=_embedded("llm-small"), description="Small causal LM: HF id, folder, or "
+                             "gguf:NAME / gguf:/path/file.gguf (the real embedded small model: gguf:smollm2-135m-instruct). "
+                             "The default is a tiny random-weight model for wiring tests.")
+    large_model: str = Field(default_factory=_embedded("llm-large"), description="Large causal LM: HF id, folder, or "
+                             "gguf:NAME (the real embedded large model: gguf:gemma3-270m). The default is a tiny "
+                             "random-weight model for wiring tests.")
+    prompt_format: Literal["auto", "chat", "completion"] = Field(
+        "auto", description="auto = the chat template for instruction-tuned models that have one (packaged GGUF "
+        "models declare theirs), plain completion otherwise; chat / completion force one for both models.",
+    )
+    stop: list[str] | None = Field(
+        None, description="Stop strings that end an answer (besides EOS); unset = none for chat, a blank line or "
+        "'\\nQuestion:' for completion.",
+    )
+    model_cache_dir: str | None = Field(
+        None, description="Where gguf: models are dequantised once and kept as safetensors; unset = "
+        "$XDG_CACHE_HOME/dynagen/llm or ~/.cache/dynagen/llm.",
+    )
     max_new_tokens: int = Field(32, ge=1, le=4096, description="Tokens generated per response.")
     batch_size: int = Field(16, ge=1, description="Prompts per generation batch.")
     max_prompt_chars: int = Field(8000, ge=1, description="Longer prompts fail their row.")

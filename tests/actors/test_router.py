@@ -163,3 +163,41 @@ def test_per_batch_mode_hits_the_share_exactly():
     assert list(out["route"]).count(LARGE) == 30
     large_scores = out["router_score"][out["route"] == LARGE]
     assert large_scores.min() >= out["router_score"][out["route"] == SMALL].max()
+
+
+# 4. Share mode 'job': this job's own quantile -----------------------------------------------------------------------
+
+
+def test_job_cut_holds_the_share_on_a_skewed_mix_where_calibration_drifts():
+    from actors.router import Calibration, apply_cut, job_cut
+
+    rng = np.random.default_rng(0)
+    calibration = Calibration.fit(rng.uniform(0, 1, 5000))  # scores like the calibration set: uniform
+    # A mix unlike it: most prompts score high, and a block of exact ties sits right at the cut.
+    scores = np.concatenate([rng.beta(8, 2, 170), np.full(30, 0.5)])
+    ids = [f"q{i:03d}" for i in range(len(scores))]
+    drift = np.mean(scores >= calibration.threshold(0.3))
+    assert drift > 0.6  # the calibrated threshold sends most of this mix large
+    for share in (0.0, 0.05, 0.3, 0.9, 0.95, 1.0):
+        b = {"id": np.asarray(ids, dtype=object), "router_score": scores,
+             "route": np.asarray(["pending"] * len(scores), dtype=object)}
+        route = apply_cut(b, job_cut(scores, ids, share))["route"]
+        assert list(route).count(LARGE) == int(np.floor(share * len(scores) + 0.5))  # exact, ties included
+        if 0 < share < 1:
+            assert scores[route == LARGE].min() >= scores[route == SMALL].max()
+
+
+def test_job_cut_ignores_unscored_rows_and_is_stable_across_batches():
+    from actors.router import goes_large, job_cut
+
+    scores = [0.2, math.nan, 0.9, 0.5, 0.5]
+    ids = ["a", "b", "c", "d", "e"]
+    cut = job_cut(scores, ids, 0.5)  # 4 scored rows → 2 large: c, then the tie 0.5 broken by id (e over d)
+    assert [goes_large(s, i, cut) for s, i in zip(scores, ids)] == [False, False, True, False, True]
+    assert job_cut(scores, ids, 0.0) is None and job_cut([], [], 0.5) is None
+
+
+def test_router_actor_in_job_mode_only_scores():
+    actor = RouterActor("random", None, large_share=0.3, share_mode="job")
+    out = actor(batch(["a prompt", "  "]))
+    assert list(out["route"]) == ["pending", ""] and 0 <= out["router_score"][0] <= 1

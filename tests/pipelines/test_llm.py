@@ -78,8 +78,25 @@ def test_realised_share_on_a_large_batch_is_within_5_points(ray_local, tmp_path)
     prompts = [f"Prompt number {i}: summarise topic {i % 37}." for i in range(600)]
     for k in range(3):
         pq.write_table(pa.table({"prompt": prompts[k::3]}), d / f"p{k}.parquet")
-    s = run(settings(large_share=0.3, max_new_tokens=1), str(d), str(tmp_path / "out"))
+    s = run(settings(large_share=0.3, max_new_tokens=1, share_mode="calibrated"), str(d), str(tmp_path / "out"))
     assert s.ok == 600 and abs(s.realised_large_share - 0.3) <= 0.05
+
+
+def test_job_share_mode_sends_exactly_the_target_share(ray_local, tmp_path):
+    """The batch default: every row scored first, then this job's top share goes large (3 shards, 3 router batches)."""
+    d = tmp_path / "in"
+    d.mkdir()
+    prompts = [f"Prompt number {i}: summarise topic {i % 37}." for i in range(301)]
+    for k in range(3):
+        pq.write_table(pa.table({"prompt": prompts[k::3]}), d / f"p{k}.parquet")
+    s = run(settings(large_share=0.3, max_new_tokens=1), str(d), str(tmp_path / "out"))
+    assert s.share_mode == "job" and s.ok == 301 and s.routes["large"] == 90  # round(0.3 × 301)
+    rows = read_responses(Storage(str(tmp_path / "out"))).to_pylist()
+    large = [r["router_score"] for r in rows if r["route"] == "large"]
+    assert min(large) >= max(r["router_score"] for r in rows if r["route"] == "small") and min(large) == s.threshold
+    report = (tmp_path / "out" / "runs" / f"{s.run_id}.md").read_text()  # the page a person reads
+    assert "large share 29.9% (target 30%)" in report and "## Answers (200 of 301)" in report
+    assert sum(line.startswith("| ") and " | large | " in line for line in report.splitlines()) >= 50
 
 
 @pytest.mark.slow  # ~1.5 min on a busy 2-core box: the router actor loads the real MiniLM encoder
@@ -104,6 +121,8 @@ def test_bad_inputs_fail_fast_before_answering(ray_local, tmp_path):
         run(settings(large_model=str(broken)), str(tmp_path / "in"), str(tmp_path / "out"))
     with pytest.raises(RunError, match="router artifact not found"):
         run(settings(router="learned", router_path=str(tmp_path / "nope")), str(tmp_path / "in"), str(tmp_path / "out"))
+    with pytest.raises(RunError, match=r"^large model: gguf:\S+: GGUF file not found$"):
+        run(settings(large_model=f"gguf:{tmp_path / 'missing.gguf'}"), str(tmp_path / "in"), str(tmp_path / "out"))
     assert not (tmp_path / "out" / "responses").exists()
     # Share 0 never loads the large model, so a broken large model does not matter then.
     s = run(settings(large_model=str(broken), large_share=0.0), str(tmp_path / "in"), str(tmp_path / "out"))

@@ -53,7 +53,8 @@ def train_router(
     except (FileNotFoundError, ValueError) as e:
         exit_with_error(str(e))
     typer.echo(f"router written to {report['out']}: validation APGR {report['val']['learned']['apgr']}, "
-               f"CPT(50%) {report['val']['learned']['cpt50']}, CPT(80%) {report['val']['learned']['cpt80']}")
+               f"CPT(50%) {report['val']['learned']['cpt50']}, CPT(80%) {report['val']['learned']['cpt80']} (one split: "
+               "optimistic; `python bench/router.py --cv` estimates unseen prompts)")
 
 
 @route_app.command("score")

@@ -72,6 +72,7 @@ IMAGE_FLAGS: tuple[Flag, ...] = (
 
 LLM_FLAGS: tuple[Flag, ...] = (
     Flag("llm.large_share", Optional[float], callback=_share),
+    Flag("llm.share_mode"),
     Flag("llm.small_model"),
     Flag("llm.large_model"),
     Flag("llm.max_new_tokens", Optional[int]),
