@@ -84,14 +84,15 @@ def run(settings: Settings, src: str, dest: str, run_id: str | None = None, view
     s = settings.llm
     run_id = run_id or new_run_id()
 
-    # 1. Check everything that can fail fast, before answering anything.
+    # 1. Check everything that can fail fast, before answering anything; a local DEST is created only once every
+    #    check passed, so a run refused at start leaves nothing behind.
     try:
         share = check_share(s.large_share)
     except ValueError as e:
         raise RunError(str(e)) from None
     out = Storage(dest, settings.storage)
     try:
-        out.check(create=True)
+        out.check()
     except Exception as e:
         raise RunError(str(e)) from None
     try:
@@ -108,6 +109,10 @@ def run(settings: Settings, src: str, dest: str, run_id: str | None = None, view
         except Exception as e:
             raise RunError(f"{r} model: {e}") from None
     shards, bad_shards, fs = check_inputs(settings, src)
+    try:
+        out.check(create=True)
+    except Exception as e:
+        raise RunError(str(e)) from None
     summary = LLMRunSummary(
         run_id=run_id, source=src, dest=out.root, bad_shards=bad_shards, router=s.router, target_large_share=share,
         share_mode=s.share_mode, threshold=None if threshold is None or math.isinf(threshold) else threshold,

@@ -123,7 +123,7 @@ def test_bad_inputs_fail_fast_before_answering(ray_local, tmp_path):
         run(settings(router="learned", router_path=str(tmp_path / "nope")), str(tmp_path / "in"), str(tmp_path / "out"))
     with pytest.raises(RunError, match=r"^large model: gguf:\S+: GGUF file not found$"):
         run(settings(large_model=f"gguf:{tmp_path / 'missing.gguf'}"), str(tmp_path / "in"), str(tmp_path / "out"))
-    assert not (tmp_path / "out" / "responses").exists()
+    assert not (tmp_path / "out").exists()  # refused at start: not even an empty DEST folder
     # Share 0 never loads the large model, so a broken large model does not matter then.
     s = run(settings(large_model=str(broken), large_share=0.0), str(tmp_path / "in"), str(tmp_path / "out"))
     assert s.routes["large"] == 0 and s.ok == 37 and "large" not in s.pools
