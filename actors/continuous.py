@@ -24,8 +24,10 @@ adaptive sampler's own batches (to within 1/255; tested).
 
 A batch job calls ``run``; a server drives ``submit`` (any time) and ``step`` (one tick) itself.
 
-Not handled here: per-sample early stopping (``actors/early_stop.py``) keeps its own sampler; the job refuses to
-combine it with continuous batching.
+**Early stopping** (``actors/early_stop.py``) plugs in the same way: given an ``EarlyStopConfig``, a sample's count is
+its budget, its x̂0 is checked every ``interval`` steps with the early-stop sampler's own rule (``convergence_rate``,
+``EarlyStopConfig.stops``), and a converged sample leaves at once with its x̂0 — the same steps and image as in the
+early-stop sampler's batches (to within 1/255; tested).
 """
 
 from __future__ import annotations
@@ -77,15 +79,19 @@ class _Sample:
     generator: object = None
     joined_at: float = 0.0
     shared: set = field(default_factory=set)
-    # Adaptive steps only: the sample's λ, its previous step and x̂0 (actors/adaptive.py)
+    # Adaptive steps: the sample's λ, its previous step and x̂0 (actors/adaptive.py). Early stopping: x̂0, timestep
+    # and rate at its previous check, and whether it stopped (actors/early_stop.py).
     lam: float = 0.0
     h_prev: float = 0.0
     x0_prev: object = None
+    t_prev: object = None
+    rate_prev: float = float("nan")
+    stopped: bool = False
 
     def done(self, adaptive) -> bool:
         if adaptive is not None:
             return bool(adaptive.finished(np.array([self.lam]))[0])
-        return self.step >= int(self.req.steps)
+        return self.stopped or self.step >= int(self.req.steps)
 
 
 @dataclass
@@ -107,10 +113,18 @@ class ContinuousSampler:
     at each sample's step count, or, given ``adaptive`` (an ``actors.adaptive.AdaptiveSampler`` on the same
     pipeline), adaptive steps with each request's ``steps`` as its cap."""
 
-    def __init__(self, pipe, guidance_scale: float, max_batch: int = 8, decode_batch: int = 8, adaptive=None):
+    def __init__(self, pipe, guidance_scale: float, max_batch: int = 8, decode_batch: int = 8, adaptive=None,
+                 early_stop=None):
         if max_batch < 1:
             raise ValueError(f"max_batch must be ≥ 1, got {max_batch}")
+        if adaptive is not None and early_stop is not None:
+            raise ValueError("adaptive steps and early stopping are two per-sample rules: choose one")
+        if early_stop is not None:
+            from actors.early_stop import check_scheduler
+
+            check_scheduler(pipe.scheduler)
         self.pipe, self.guidance_scale, self.adaptive = pipe, float(guidance_scale), adaptive
+        self.early_stop = early_stop  # an actors.early_stop.EarlyStopConfig, or None
         self.max_batch, self.decode_batch = int(max_batch), int(decode_batch)
         self.stats = TickStats(max_batch=self.max_batch)
         self._queue: deque[Request] = deque()
@@ -183,9 +197,32 @@ class ContinuousSampler:
         for j, s in enumerate(active):
             s.shared |= counts
             if ad is None:
-                s.latents = s.scheduler.step(out[j : j + 1], ts[j], s.latents, return_dict=False)[0]
+                res = s.scheduler.step(out[j : j + 1], ts[j], s.latents, return_dict=True)
+                s.latents = res.prev_sample
             s.step += 1
             s.active_sum += len(active)
+            if ad is None and self.early_stop is not None:
+                self._check(s, res, ts[j])
+
+    def _check(self, s: _Sample, res, t) -> None:
+        """Early stopping's convergence check after a sample's step, as ``EarlyStopSampler`` does it for a batch: a
+        converged sample's x̂0 becomes its final latent."""
+        import torch
+
+        from actors.early_stop import convergence_rate, is_check_step, predicted_x0
+
+        cfg, budget = self.early_stop, int(s.req.steps)
+        if not is_check_step(s.step, budget, cfg):
+            return
+        ntt = s.scheduler.config.num_train_timesteps
+        x0 = predicted_x0(s.scheduler, res)
+        rate = (convergence_rate(s.x0_prev, x0, s.t_prev, t, ntt) if s.x0_prev is not None
+                else torch.full((1,), float("nan")))
+        rate_np = rate.float().cpu().numpy().astype(float)
+        if cfg.stops(s.step, budget, float(t), rate_np, np.array([s.rate_prev]), ntt)[0]:
+            s.latents, s.stopped = x0, True
+        else:
+            s.x0_prev, s.t_prev, s.rate_prev = x0, t, float(rate_np[0])
 
     # 3. The loop: ``submit`` queues, ``step`` runs one tick; ``run`` drives both for a batch job, Serve can too ----
 

@@ -391,13 +391,11 @@ class DiffusionCore:
             raise ValueError(f"unknown batching {batching!r} (choose from {', '.join(BATCHING_NAMES)})")
         self.continuous = None
         if batching == "continuous":
-            if early_stop:
-                raise ValueError("continuous batching does not combine with early stopping (use adaptive steps: "
-                                 "a sample that settles leaves the active set)")
             from actors.continuous import ContinuousSampler
 
-            self.continuous = ContinuousSampler(self.pipe, self.guidance_scale, max_batch=batch_size,
-                                                adaptive=self.adaptive)
+            self.continuous = ContinuousSampler(
+                self.pipe, self.guidance_scale, max_batch=batch_size, adaptive=self.adaptive,
+                early_stop=self.early_stop.config if self.early_stop is not None else None)
 
     def _family_kwargs(self) -> dict[str, Any]:
         """Fixed extra ``__call__`` arguments: the family's (PixArt-Σ/Sana: no resolution binning or caption
@@ -535,7 +533,7 @@ class DiffusionCore:
             out["batch_id"][i] = f"{self._tag}-c{f.first_tick:06d}"
             out["batch_size"][i] = int(round(f.mean_active))
             out["latency_ms"][i], out["unet_evals"][i], out["steps"][i] = f.latency_s * 1000, f.unet_evals, f.steps
-            out["stopped_early"][i] = f.steps < out["planned_steps"][i]  # adaptive steps: fewer than its cap
+            out["stopped_early"][i] = f.steps < out["planned_steps"][i]  # fewer than its budget or cap
             finished.add(i)
             if on_batch is not None:  # samples share UNet calls: no batch time of its own
                 on_batch(out, [i], None)

@@ -11,13 +11,15 @@ Rows: the demo's prompts (``examples/prompts.jsonl``) with the step counts the c
 And again with **adaptive steps** (``--adaptive``, the per-sample rule that pays on this model: each row's count is its
 cap, its steps follow its own trajectory): grouped adaptive fills a batch with rows of any count, but a sample that
 settles early leaves its slot empty until the batch's last sample ends; continuous adaptive refills it at the next call.
+And with **early stopping** (``--early-stop``, the learned signal): a converged sample leaves; grouped, its slot stays
+empty until its one-count batch ends; continuous, a waiting sample takes it at the next call.
 
 Reported per mode: wall time and images/s, UNet *calls* (forward passes; the sample-evaluations are the same in both
 modes, Σ steps × 2), mean fill of a call (sample-evaluations ÷ calls ÷ 2·batch_size), and the largest pixel difference
 between the two modes' images (same seed and count ⇒ ≤ 1/255 expected). The modes alternate over ``--repeats`` rounds
 (grouped, continuous, grouped, …) and the medians are reported, so a load change on a shared machine hits both.
 
-    python -m bench.continuous                   # 48 demo prompts, batch 8, 3 rounds, fixed and adaptive: ~8 min
+    python -m bench.continuous                   # 48 demo prompts, batch 8, 3 rounds, fixed/adaptive/early stop: ~3 min idle
     python -m bench.continuous --smoke-test      # 8 prompts at ≤ 6 steps, 1 round
 """
 
@@ -38,10 +40,14 @@ PROMPTS = "examples/prompts.jsonl"
 BATCH_SIZE = 8  # the job's default images.batch_size
 OUT = "bench/results/continuous.json"
 # name -> DiffusionCore arguments; pairs compared: (grouped, continuous) and (grouped+adaptive, continuous+adaptive)
+SIGNAL = "models/early-stop"  # the learned early-stop signal (images.early_stop_signal's default)
 MODES = {"grouped": {"batching": "grouped"}, "continuous": {"batching": "continuous"},
          "grouped+adaptive": {"batching": "grouped", "adaptive": True},
-         "continuous+adaptive": {"batching": "continuous", "adaptive": True}}
-PAIRS = (("grouped", "continuous"), ("grouped+adaptive", "continuous+adaptive"))
+         "continuous+adaptive": {"batching": "continuous", "adaptive": True},
+         "grouped+early-stop": {"batching": "grouped", "early_stop": True, "early_stop_signal": SIGNAL},
+         "continuous+early-stop": {"batching": "continuous", "early_stop": True, "early_stop_signal": SIGNAL}}
+PAIRS = (("grouped", "continuous"), ("grouped+adaptive", "continuous+adaptive"),
+         ("grouped+early-stop", "continuous+early-stop"))
 
 
 class CallCounter:
@@ -80,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=OUT)
-    ap.add_argument("--no-adaptive", action="store_true", help="fixed step counts only (the first pair)")
+    ap.add_argument("--fixed-only", action="store_true", help="fixed step counts only (the first pair)")
     ap.add_argument("--smoke-test", action="store_true")
     a = ap.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -97,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.smoke_test:
         prompts, steps, a.repeats = prompts[:8], [2 + i % 5 for i in range(8)], 1
     rows = rows_for(prompts, steps)
-    pairs = PAIRS[:1] if a.no_adaptive else PAIRS
+    pairs = PAIRS[:1] if a.fixed_only else PAIRS
     cores = {m: DiffusionCore(a.model, "ddim", batch_size=a.batch_size, num_threads=a.threads, **MODES[m])
              for pair in pairs for m in pair}
     counters = {m: CallCounter(c.pipe.unet) for m, c in cores.items()}

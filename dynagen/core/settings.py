@@ -192,9 +192,6 @@ class ImageSettings(_Section):
         # Checked with the settings, so the CLI refuses it in one line before Ray or a model starts.
         if self.adaptive and self.early_stop:
             raise ValueError("images.adaptive and images.early_stop are two per-sample rules: choose one")
-        if self.batching == "continuous" and self.early_stop:
-            raise ValueError("images.batching=continuous does not combine with images.early_stop (images.adaptive "
-                             "does: a sample that settles leaves the active set)")
         return self
 
 
@@ -268,8 +265,8 @@ class ServeSettings(_Section):
     batch_wait_timeout_s: float = Field(0.05, ge=0, description="How long an image batch waits to fill up.")
     batching: Literal["auto", "grouped", "continuous"] = Field(
         "auto", description="How image replicas batch requests: auto = continuous (bench/serve.py: 1.7-2.1x grouped's "
-        "images/s at 8-16 clients) unless images.early_stop is on or the model's family runs only grouped batching "
-        "(every family but SD 1.x/2.x); grouped = one "
+        "images/s at 8-16 clients) unless the model's family runs only grouped batching (every family but SD "
+        "1.x/2.x); grouped = one "
         "@serve.batch queue per step count; continuous = one active set, a request joins at the next UNet call. "
         "Serve only: the batch job's mode is images.batching.",
     )
@@ -336,14 +333,7 @@ class Settings(_Section):
         caller knows the model, the settings do not)."""
         if self.serve.batching != "auto":
             return self.serve.batching
-        return "grouped" if self.images.early_stop or not model_runs_continuous else "continuous"
-
-    @model_validator(mode="after")
-    def _serve_batching(self) -> "Settings":
-        if self.serve.batching == "continuous" and self.images.early_stop:
-            raise ValueError("serve.batching=continuous does not combine with images.early_stop (serve.batching=auto "
-                             "picks grouped for it)")
-        return self
+        return "continuous" if model_runs_continuous else "grouped"
 
     @model_validator(mode="after")
     def _resolve_models_dir(self) -> "Settings":

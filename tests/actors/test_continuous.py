@@ -82,6 +82,27 @@ def test_adaptive_steps_run_continuously_and_give_the_adaptive_samplers_images()
     assert any(f.first_tick > 0 for f in done.values())  # waiting samples joined a running set
 
 
+@pytest.mark.parametrize("scheduler", ["ddim", "dpm++"])
+def test_early_stopping_runs_continuously_and_gives_the_early_stop_samplers_images(scheduler):
+    """Early stopping under continuous batching: each sample stops at the check the early-stop sampler's own batch
+    stops it at and gives its image (≤ 1/255), while samples of other budgets join and leave around it. The rate
+    rule at a threshold that stops some samples and not others."""
+    from actors.early_stop import EarlyStopConfig, EarlyStopSampler
+
+    core = _core(scheduler)
+    cfg = EarlyStopConfig(threshold=1.5, interval=1, min_steps=3)
+    budgets, seeds = [12, 12, 12, 12, 12, 12], [31, 32, 33, 34, 35, 36]
+    ref = EarlyStopSampler(core.pipe, cfg)(PROMPTS, [torch_gen(x) for x in seeds], 12, core.guidance_scale)
+    sampler = ContinuousSampler(core.pipe, core.guidance_scale, max_batch=3, early_stop=cfg)
+    done = {f.key: f for f in sampler.run([Request(i, p, x, b) for i, (p, x, b) in enumerate(zip(PROMPTS, seeds, budgets))])}
+    ref_u8 = (np.clip(ref.images, 0, 1) * 255).round().astype(np.uint8)
+    for i in range(len(PROMPTS)):
+        assert done[i].steps == ref.steps_run[i], (scheduler, i)
+        assert _max_diff(done[i].image, ref_u8[i]) <= 1, (scheduler, i)
+    assert any(ref.stopped_early) and not all(ref.stopped_early), ref.steps_run  # the rule must bite, not always
+    assert any(f.first_tick > 0 for f in done.values())
+
+
 def torch_gen(seed: int):
     import torch
 

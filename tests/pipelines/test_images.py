@@ -228,6 +228,18 @@ def test_adaptive_steps_run_end_to_end_with_the_step_count_as_cap(ray_local, tin
     assert s.unet_evals == 2 * sum(m["steps"] for m in meta)  # evals follow the steps each image really took
 
 
+def test_early_stopping_runs_end_to_end_under_continuous_batching(ray_local, tiny_model, tmp_path):
+    """A huge rate threshold stops every image at its first check after min_steps: each row records the steps it ran,
+    its budget and that it stopped early, and the evaluations follow the steps run."""
+    (tmp_path / "in.jsonl").write_text("\n".join(json.dumps({"prompt": p}) for p in PROMPTS[:4]) + "\n")
+    s = run(settings(tiny_model, steps=6, batching="continuous", early_stop=True, early_stop_signal="rate",
+                     early_stop_threshold=1e9, early_stop_min_steps=2, early_stop_interval=1),
+            str(tmp_path / "in.jsonl"), str(tmp_path / "out"))
+    meta = read_metadata(Storage(str(tmp_path / "out"))).to_pylist()
+    assert s.ok == 4 and all(m["planned_steps"] == 6 and m["steps"] == 2 and m["stopped_early"] for m in meta)
+    assert s.unet_evals == 2 * 2 * 4
+
+
 def test_continuous_batching_runs_mixed_step_counts_in_full_active_sets(ray_local, tiny_model, tmp_path):
     """Mixed per-row step counts through one active set: each image runs its own count, the same image as grouped
     batching gives (same seed, same count), and the set is fuller than one-count batches of the same rows."""
@@ -246,5 +258,5 @@ def test_continuous_batching_runs_mixed_step_counts_in_full_active_sets(ray_loca
         b = np.asarray(Image.open(cmeta[p]["image_uri"]), dtype=int)
         assert np.abs(a - b).max() <= 1, p
     assert c.mean_batch_fill > g.mean_batch_fill
-    with pytest.raises(ValueError, match="does not combine"):
-        settings(tiny_model, batching="continuous", early_stop=True)
+    with pytest.raises(ValueError, match="two per-sample rules"):
+        settings(tiny_model, batching="continuous", early_stop=True, adaptive=True)

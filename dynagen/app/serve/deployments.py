@@ -13,8 +13,8 @@ Two deployments (resources and autoscaling set in :func:`build_app`, from ``sett
   scheduler is stateful, and two batches on 2 cores only thrash) — while one batch runs, the other queues keep
   filling, so batches get fuller under load. Each image comes back with its batch's id, size and the distinct step
   counts in it (headers ``X-Dynagen-Batch-*``), which is how tests check that no batch mixed step counts.
-  With continuous batching (``serve.batching``: ``auto`` picks it unless ``images.early_stop`` is on) the replica
-  instead holds one :class:`actors.continuous.ContinuousSampler`:
+  With continuous batching (``serve.batching``: ``auto`` picks it where the model's family runs it, SD 1.x/2.x) the
+  replica instead holds one :class:`actors.continuous.ContinuousSampler` (early stopping and adaptive steps included):
   a request is submitted to it and joins the running active set at the next tick, whatever its step count; one
   asyncio task per replica runs ticks in a worker thread while the sampler is busy and answers each request from
   the finished samples (key → future), so requests never wait on a lock or on another step count's batch. An
@@ -242,7 +242,8 @@ class ImageGenerator:
                                      list(f.shared_steps), "continuous", f.mean_active, f.first_tick, f.last_tick)
                 if err is None:
                     self.m_images.inc(1, tags={"steps": str(steps)})
-                    res = ImageResult(png=png, steps=steps, seed=seed, width=w, height=h, batch=record)
+                    res = ImageResult(png=png, steps=steps, seed=seed, width=w, height=h, batch=record,
+                                      steps_run=f.steps)  # fewer than steps: early stop or adaptive steps
                 else:
                     res = ImageResult(steps=steps, seed=seed, batch=record, error=err, status=500)
                 if not fut.done():  # a cancelled request (client gone) still ran to the end: nobody to answer

@@ -75,18 +75,15 @@ def test_a_bad_union_value_names_the_setting_its_source_and_what_would_do():
         load_settings(None, {}, env={"DYNAGEN_IMAGES__STEPS": "abc"})
 
 
-def test_serve_batching_auto_is_continuous_unless_early_stop_asks_for_grouped():
+def test_serve_batching_auto_is_continuous_where_the_model_family_runs_it():
     """Serve's image batching is its own setting (the batch job keeps images.batching); auto resolves once."""
     s, _ = load_settings(env={})
     assert s.serve.batching == "auto" and s.images.batching == "grouped"
     assert s.serve_image_batching() == "continuous"
-    assert load_settings(overrides={"images.early_stop": True}, env={})[0].serve_image_batching() == "grouped"
-    assert load_settings(overrides={"images.adaptive": True}, env={})[0].serve_image_batching() == "continuous"
+    for per_sample in ("early_stop", "adaptive"):  # both run under continuous batching
+        assert load_settings(overrides={f"images.{per_sample}": True}, env={})[0].serve_image_batching() == "continuous"
     assert load_settings(overrides={"serve.batching": "grouped"}, env={})[0].serve_image_batching() == "grouped"
     assert s.serve_image_batching(model_runs_continuous=False) == "grouped"  # e.g. an SDXL or FLUX folder
-    with pytest.raises(SettingsError, match="serve.batching=continuous does not combine"):
-        load_settings(overrides={"serve.batching": "continuous", "images.early_stop": True}, env={})
-    # The batch job: adaptive steps run under continuous batching, early stopping does not.
-    assert load_settings(overrides={"images.batching": "continuous", "images.adaptive": True}, env={})[0]
-    with pytest.raises(SettingsError, match="images.batching=continuous does not combine with images.early_stop"):
-        load_settings(overrides={"images.batching": "continuous", "images.early_stop": True}, env={})
+    assert load_settings(overrides={"images.batching": "continuous", "images.early_stop": True}, env={})[0]
+    with pytest.raises(SettingsError, match="two per-sample rules"):
+        load_settings(overrides={"images.adaptive": True, "images.early_stop": True}, env={})

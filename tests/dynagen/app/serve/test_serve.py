@@ -193,23 +193,29 @@ def test_auto_batching_serves_a_family_without_continuous_batching_grouped(famil
     assert res[0].png.startswith(b"\x89PNG")
 
 
-def test_image_deployment_early_stop_reports_steps_run(ray_local, tiny_model):
-    """images.early_stop reaches Serve: the step count is a budget, and each image says how many steps it ran.
-    The deployment class is driven directly (no HTTP): one more Serve app per test module would cost more than it
-    checks. A huge threshold makes every image stop at its first check after min_steps."""
+@pytest.mark.parametrize("batching", ["grouped", "continuous"])
+def test_image_deployment_early_stop_reports_steps_run(ray_local, tiny_model, batching):
+    """images.early_stop reaches Serve in both batching modes: the step count is a budget, and each image says how
+    many steps it ran. The deployment class is driven directly (no HTTP): one more Serve app per test module would
+    cost more than it checks. A huge threshold makes every image stop at its first check after min_steps."""
     import asyncio
 
     from dynagen.app.serve.deployments import ImageGenerator
     from dynagen.core.settings import load_settings
 
     over = {"images.model": tiny_model, "images.early_stop": True, "images.early_stop_signal": "rate",
-            "images.early_stop_threshold": 1e9,
+            "images.early_stop_threshold": 1e9, "serve.batching": batching,
             "images.early_stop_min_steps": 2, "images.early_stop_interval": 1}
     settings, _ = load_settings(overrides=over, env={})
     gen = ImageGenerator.func_or_class(settings.model_dump_json())
-    assert gen.unavailable is None
-    assert gen.core.continuous is None  # serve.batching=auto picks grouped batching for early stopping
-    res = asyncio.run(gen._run_batch(8, [(PROMPTS[0], 1, 8), (PROMPTS[1], 2, 8)]))
+    assert gen.unavailable is None and (gen.core.continuous is not None) == (batching == "continuous")
+
+    async def both():  # continuous: both join the replica's active set; grouped: one batch, as @serve.batch forms it
+        if batching == "grouped":
+            return await gen._run_batch(8, [(PROMPTS[0], 1, 8), (PROMPTS[1], 2, 8)])
+        return await asyncio.gather(*(gen.generate(p, seed, 8) for p, seed in ((PROMPTS[0], 1), (PROMPTS[1], 2))))
+
+    res = asyncio.run(both())
     assert [r.status for r in res] == [200, 200] and all(r.png.startswith(PNG_MAGIC) for r in res)
     assert [(r.steps, r.ran) for r in res] == [(8, 2), (8, 2)]
     assert res[0].headers()[H_STEPS_RUN] == "2" and res[0].to_json()["steps_run"] == 2
@@ -371,13 +377,14 @@ def test_app_builder_takes_manifest_args():
 
 
 def test_continuous_batching_builds_a_serve_app():
-    """serve.batching=continuous is served, adaptive steps included (tests/dynagen/app/serve/test_serve_continuous.py
-    runs the default, auto = continuous, over HTTP); with early stopping it is refused in one line."""
+    """serve.batching=continuous is served, with adaptive steps or early stopping too (test_serve_continuous.py runs
+    the default, auto = continuous, over HTTP); the two per-sample rules together are refused in one line."""
     from ray.serve import Application
 
     from dynagen.app.serve.deployments import app_builder
     from dynagen.core.settings import SettingsError
 
     assert isinstance(app_builder({"serve.batching": "continuous", "images.adaptive": True}), Application)
-    with pytest.raises(SettingsError, match="serve.batching=continuous does not combine with images.early_stop"):
-        app_builder({"serve.batching": "continuous", "images.early_stop": True})
+    assert isinstance(app_builder({"serve.batching": "continuous", "images.early_stop": True}), Application)
+    with pytest.raises(SettingsError, match="two per-sample rules"):
+        app_builder({"images.early_stop": True, "images.adaptive": True})
