@@ -158,8 +158,8 @@ def normalize_row(raw: dict[str, Any], max_prompt_chars: int) -> dict[str, Any]:
     if not _missing(seed_raw) and (seed is None or not 0 <= seed <= MAX_SEED):
         errors.append(f"bad seed {str(seed_raw)[:40]!r} (need an integer in 0..{MAX_SEED})")
         seed = None
-    steps = 0 if _missing(steps_raw) else _as_int(steps_raw)
-    if steps is None or not 0 <= steps <= MAX_STEPS:
+    steps = 0 if _missing(steps_raw) else _as_int(steps_raw)  # 0 inside: unset, the job's steps decide
+    if not _missing(steps_raw) and (steps is None or not 1 <= steps <= MAX_STEPS):  # an explicit 0 is a bad row
         errors.append(f"bad steps {str(steps_raw)[:40]!r} (need an integer in 1..{MAX_STEPS})")
         steps = 0
 

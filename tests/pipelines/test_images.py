@@ -240,6 +240,15 @@ def test_early_stopping_runs_end_to_end_under_continuous_batching(ray_local, tin
     assert s.unet_evals == 2 * 2 * 4
 
 
+def test_a_zero_or_huge_step_count_is_a_failed_row_under_continuous_batching(ray_local, tiny_model, tmp_path):
+    pq.write_table(pa.table({"prompt": PROMPTS[:4], "steps": [2, 0, 10**6, 3]}), tmp_path / "in.parquet")
+    s = run(settings(tiny_model, batching="continuous"), str(tmp_path / "in.parquet"), str(tmp_path / "out"))
+    meta = {m["prompt"]: m for m in read_metadata(Storage(str(tmp_path / "out"))).to_pylist()}
+    assert s.ok == 2 and s.failed == 2
+    assert [meta[p]["status"] for p in PROMPTS[:4]] == ["ok", "failed", "failed", "ok"]
+    assert all("bad steps" in meta[p]["error"] for p in PROMPTS[1:3])
+
+
 def test_continuous_batching_runs_mixed_step_counts_in_full_active_sets(ray_local, tiny_model, tmp_path):
     """Mixed per-row step counts through one active set: each image runs its own count, the same image as grouped
     batching gives (same seed, same count), and the set is fuller than one-count batches of the same rows."""

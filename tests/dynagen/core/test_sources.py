@@ -42,6 +42,8 @@ def test_normalize_derives_stable_id_and_seed():
         ({"prompt": "ok", "seed": "abc"}, "bad seed"),
         ({"prompt": "ok", "seed": 2**40}, "bad seed"),
         ({"prompt": "ok", "steps": "many"}, "bad steps"),
+        ({"prompt": "ok", "steps": 0}, "bad steps"),
+        ({"prompt": "ok", "steps": 10**6}, "bad steps"),
         ({"prompt": "ok", "id": "../../etc/passwd"}, "invalid id"),
         ({"prompt": "ok", "id": "%2e%2e"}, "invalid id"),
         ({"prompt": "ok", "id": "/abs"}, "invalid id"),
