@@ -21,7 +21,7 @@ def run_and_report(settings: Settings, src: str, dest: str, run_id: str | None =
     from pipelines.progress import make_view, quiet_ray, ray_log_dir
     from pipelines.llm import run, share_warning
 
-    console = Console(stderr=True)
+    console = Console(stderr=True, soft_wrap=True)  # a log line keeps its paths whole, as run_images does
     try:
         quiet_ray(verbose)
         s = run(settings, src, dest, run_id=run_id, view=make_view(console, "prompts", "tokens"))
@@ -37,7 +37,7 @@ def run_and_report(settings: Settings, src: str, dest: str, run_id: str | None =
     )
     for route, p in s.pools.items():
         console.print(f"  {route}: {p['model']} · {p['completion_tokens']} tokens · {p['tokens_per_s']:.1f} tokens/s"
-                      f" · {p['truncated']} truncated", highlight=False)
+                      f" · {p['truncated']} prompts truncated", highlight=False)
     if (warning := share_warning(s)) is not None:
         console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
     print_failures(console, s)

@@ -61,10 +61,6 @@ def run(settings: Settings, src: str, dest: str, run_id: str | None = None, view
         if not Path(s.stepsaver).is_dir():
             raise RunError(f"StepSaver model not found at {s.stepsaver}: pass --steps N or run 'dynagen train stepsaver'")
     shards, bad_shards, fs = check_inputs(settings, src)
-    try:
-        out.check(create=True)
-    except Exception as e:
-        raise RunError(str(e)) from None
     summary = RunSummary(run_id=run_id, source=src, dest=out.root, bad_shards=bad_shards, started_at=now_iso(),
                          settings=settings_record(settings), model_fingerprint=model_fingerprint(model_path),
                          stepsaver_fingerprint=artifact_fingerprint(s.stepsaver) if s.steps == "auto" else "")
@@ -87,6 +83,7 @@ def run(settings: Settings, src: str, dest: str, run_id: str | None = None, view
     # sampler it does not take): after the nothing-new exit, since asking diffusers costs the driver ~5-7 s of imports.
     try:
         check_model(s.model, s.scheduler, s.early_stop, s.adaptive, s.batching)
+        out.check(create=True)
     except Exception as e:
         raise RunError(str(e)) from None
     ensure_ray(settings.ray)

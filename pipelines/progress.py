@@ -32,10 +32,14 @@ class LineView:
         self._last: float | None = None
         self._snap: Snapshot | None = None
         self._printed: tuple | None = None  # counts of the last line printed
+        self._line: str | None = None
 
     def _print(self, snap: Snapshot) -> None:
         self._printed = (snap.finished, snap.failed, snap.total)
-        self.console.print(progress_line(snap, self.noun, self.unit_name), highlight=False)
+        line = progress_line(snap, self.noun, self.unit_name)
+        if line != self._line:  # a log gains nothing from the same line twice (seen while LLM models load)
+            self._line = line
+            self.console.print(line, highlight=False)
 
     def update(self, snap: Snapshot) -> None:
         self._snap = snap

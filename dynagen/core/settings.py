@@ -26,6 +26,8 @@ DType = Literal["auto", "float32", "float16", "bfloat16"]  # a diffusion pipelin
 DTYPE_NAMES: tuple[str, ...] = get_args(DType)
 Batching = Literal["grouped", "continuous"]  # how a diffusion actor batches rows (actors/diffusion.py)
 BATCHING_NAMES: tuple[str, ...] = get_args(Batching)
+ShareMode = Literal["job", "calibrated", "per_batch"]  # how an LLM job holds its large-model share (pipelines/llm.py)
+SHARE_MODE_NAMES: tuple[str, ...] = get_args(ShareMode)
 
 
 class SettingsError(ValueError):
@@ -199,7 +201,7 @@ class LLMSettings(_Section):
     router: str = Field("learned", description="Router name from the registry (learned, random, ...).")
     router_path: str = Field(default_factory=_embedded("router"), description="Learned router artifact folder.")
     large_share: float = Field(0.3, ge=0, le=1, description="Target share of prompts sent to the large model.")
-    share_mode: Literal["job", "calibrated", "per_batch"] = Field(
+    share_mode: ShareMode = Field(
         "job",
         description="job = score every prompt of the run first, then send its top large_share to the large model "
         "(the realised share equals the target to within one prompt, on any prompt mix); calibrated = the router's "
@@ -478,6 +480,12 @@ def _error_line(e: ValidationError, sources: Mapping[str, str] | None = None) ->
     errs = e.errors()
     where = key(errs[0]["loc"])
     msgs = list(dict.fromkeys(err["msg"] for err in errs if key(err["loc"]) == where))
+    field = Settings.model_fields.get(where)
+    if not errs[0]["loc"] or (field is not None and isinstance(field.annotation, type)
+                              and issubclass(field.annotation, BaseModel)):
+        # A rule across settings (a section's or the root's validator): its message names the keys; a source
+        # for the whole section would be wrong.
+        return "settings: " + " or ".join(m.removeprefix("Value error, ") for m in msgs)
     source = f" ({sources.get(where, 'default')})" if sources is not None else ""
     return f"setting '{where}'{source}: {' or '.join(msgs)}"
 

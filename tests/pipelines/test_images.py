@@ -138,6 +138,11 @@ def test_missing_stepsaver_and_model_fail_fast(ray_local, tiny_model, tmp_path):
     with pytest.raises(RunError, match="model folder not found"):
         run(settings(str(tmp_path / "nomodel")), str(tmp_path / "in"), str(tmp_path / "o"))
     assert not (tmp_path / "o").exists()
+    (tmp_path / "notmodel").mkdir()  # a folder, but no diffusers pipeline: refused by the full check before Ray
+    (tmp_path / "notmodel" / "config.json").write_text("{}")
+    with pytest.raises(RunError, match="no model_index.json"):
+        run(settings(str(tmp_path / "notmodel")), str(tmp_path / "in"), str(tmp_path / "o"))
+    assert not (tmp_path / "o").exists()
 
 
 def test_a_run_that_stops_mid_way_still_writes_its_summary(ray_local, tiny_model, tmp_path):

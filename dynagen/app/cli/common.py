@@ -7,12 +7,13 @@ from typing import Any, Mapping, NoReturn
 
 import typer
 
-from dynagen.core.settings import BATCHING_NAMES, DTYPE_NAMES, SCHEDULER_NAMES
+from dynagen.core.settings import BATCHING_NAMES, DTYPE_NAMES, SCHEDULER_NAMES, SHARE_MODE_NAMES
 
 # The samplers as a CLI choice, built from the settings' one list ("dpm++" is not an identifier: member dpmpp).
 SchedulerName = Enum("SchedulerName", {n.replace("+", "p").replace("-", "_"): n for n in SCHEDULER_NAMES}, type=str)
 BatchingName = Enum("BatchingName", {n: n for n in BATCHING_NAMES}, type=str)
 DTypeName = Enum("DTypeName", {n: n for n in DTYPE_NAMES}, type=str)
+ShareModeName = Enum("ShareModeName", {n: n for n in SHARE_MODE_NAMES}, type=str)
 
 
 def exit_with_error(message: str, code: int = 2) -> NoReturn:

@@ -21,8 +21,8 @@ def run_llm(
     job: JobArgs,
     address: Annotated[Optional[str], typer.Option(help="Ray cluster address; unset = start an embedded local Ray.")] = None,
 ) -> None:
-    """Answer every prompt with the small or the large model, as the router decides; write Parquet responses and a
-    run summary (counts per route, realised large share, tokens/s per pool).
+    """Answer every prompt with the small or the large model, as the router decides; write Parquet responses, a
+    run summary (counts per route, realised large share, tokens/s per pool) and a readable report (runs/<id>.md).
 
     Rerunning the same command resumes: prompts already answered are skipped.
     """

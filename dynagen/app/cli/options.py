@@ -17,7 +17,7 @@ from typing import Annotated, Any, Callable, Optional
 
 import typer
 
-from dynagen.app.cli.common import BatchingName, DTypeName, SchedulerName
+from dynagen.app.cli.common import BatchingName, DTypeName, SchedulerName, ShareModeName
 from dynagen.core.settings import Settings
 
 
@@ -72,7 +72,7 @@ IMAGE_FLAGS: tuple[Flag, ...] = (
 
 LLM_FLAGS: tuple[Flag, ...] = (
     Flag("llm.large_share", Optional[float], callback=_share),
-    Flag("llm.share_mode"),
+    Flag("llm.share_mode", Optional[ShareModeName], convert=lambda v: v.value if v else None),
     Flag("llm.small_model"),
     Flag("llm.large_model"),
     Flag("llm.max_new_tokens", Optional[int]),
@@ -97,7 +97,7 @@ _K = inspect.Parameter.KEYWORD_ONLY
 _BEFORE = [  # the job's input and output come first in --help
     inspect.Parameter("prompts", _K, annotation=Annotated[str, typer.Option(
         "--prompts", "-p", help="Prompt shards: a file, directory, glob or s3:// prefix (.parquet, .jsonl, .csv; "
-        "column 'prompt', optional id, seed, negative_prompt, steps).")]),
+        "column 'prompt', optional 'id'; images also take seed, negative_prompt, steps).")]),
     inspect.Parameter("out", _K, annotation=Annotated[str, typer.Option(
         "--out", "-o", help="Destination: a local folder or s3://bucket/prefix.")]),
 ]
