@@ -72,23 +72,24 @@ def test_run_to_s3_routes_both_pools_then_resumes(ray_local, s3, tmp_path):
     assert len(read_responses(Storage(dest))) == 39
 
 
-def test_realised_share_on_a_large_batch_is_within_5_points(ray_local, tmp_path):
-    d = tmp_path / "in"
+def _numbered_prompt_shards(d, n: int):
+    """``n`` distinct prompts in 3 Parquet shards (3 router batches)."""
     d.mkdir()
-    prompts = [f"Prompt number {i}: summarise topic {i % 37}." for i in range(600)]
+    prompts = [f"Prompt number {i}: summarise topic {i % 37}." for i in range(n)]
     for k in range(3):
         pq.write_table(pa.table({"prompt": prompts[k::3]}), d / f"p{k}.parquet")
+    return d
+
+
+def test_realised_share_on_a_large_batch_is_within_5_points(ray_local, tmp_path):
+    d = _numbered_prompt_shards(tmp_path / "in", 600)
     s = run(settings(large_share=0.3, max_new_tokens=1, share_mode="calibrated"), str(d), str(tmp_path / "out"))
     assert s.ok == 600 and abs(s.realised_large_share - 0.3) <= 0.05
 
 
 def test_job_share_mode_sends_exactly_the_target_share(ray_local, tmp_path):
     """The batch default: every row scored first, then this job's top share goes large (3 shards, 3 router batches)."""
-    d = tmp_path / "in"
-    d.mkdir()
-    prompts = [f"Prompt number {i}: summarise topic {i % 37}." for i in range(301)]
-    for k in range(3):
-        pq.write_table(pa.table({"prompt": prompts[k::3]}), d / f"p{k}.parquet")
+    d = _numbered_prompt_shards(tmp_path / "in", 301)
     s = run(settings(large_share=0.3, max_new_tokens=1), str(d), str(tmp_path / "out"))
     assert s.share_mode == "job" and s.ok == 301 and s.routes["large"] == 90  # round(0.3 × 301)
     rows = read_responses(Storage(str(tmp_path / "out"))).to_pylist()
