@@ -216,14 +216,16 @@ def make_scheduler(pipe, name: str):
 
 
 def load_pipeline(path: str | Path, scheduler: str = AUTO, device: str = "cpu", allow_unsafe: bool = False,
-                  dtype: str = AUTO, compile: bool = False, vae_slicing: bool = False, vae_tiling: bool = False):
+                  dtype: str = AUTO, compile: bool = False, vae_slicing: bool = False, vae_tiling: bool = False,
+                  info: ModelInfo | None = None):
     """Load a diffusers text-to-image pipeline from a local folder or cached hub id, offline, safetensors only unless
     ``allow_unsafe``, with the chosen sampler ('auto' = the family's), dtype ('auto' = by device and family), an
-    optionally ``torch.compile``\\ d denoiser and VAE slicing/tiling."""
+    optionally ``torch.compile``\\ d denoiser and VAE slicing/tiling. ``info``: the folder's ``check_model_dir``
+    result when the caller already has it (the check is not repeated)."""
     import diffusers
     import torch
 
-    info = check_model_dir(path, allow_unsafe=allow_unsafe)
+    info = info or check_model_dir(path, allow_unsafe=allow_unsafe)
     try:
         name = info.family.scheduler(scheduler)
     except ValueError as e:
@@ -350,9 +352,9 @@ class DiffusionCore:
         # The family's refusals first (one line, before the weights load): its samplers, the per-sample features.
         info = check_model(model, scheduler, early_stop, adaptive, batching, allow_unsafe=allow_unsafe)
         self.family = info.family
-        self.scheduler = check_features(info.family, scheduler)  # 'auto' resolved: what calibration labels record
+        self.scheduler = info.family.scheduler(scheduler)  # 'auto' resolved: what calibration labels record
         self.pipe = load_pipeline(model, scheduler, self.device, allow_unsafe=allow_unsafe, dtype=dtype, compile=compile,
-                                  vae_slicing=vae_slicing, vae_tiling=vae_tiling)
+                                  vae_slicing=vae_slicing, vae_tiling=vae_tiling, info=info)
         self.dtype = str(self.pipe.dtype).removeprefix("torch.")
         # Guidance: the flag, else the folder's dynagen.json, else the pipeline's own default (diffusers: 7.5 for SD,
         # 5.0 SDXL, 7.0 SD3, 3.5 FLUX, 4.5 PixArt-Σ and Sana).

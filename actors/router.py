@@ -36,6 +36,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from dynagen.core.records import prompt_problem
+from dynagen.core.settings import SHARE_MODE_NAMES
 
 from actors import encoder as minilm
 
@@ -45,7 +46,6 @@ HEAD_FILE = "head.safetensors"
 CALIBRATION_FILE = "calibration.json"
 SMALL, LARGE = "small", "large"
 PENDING = "pending"  # scored, not yet routed (share mode 'job': the cut needs every row's score first)
-SHARE_MODES = ("job", "calibrated", "per_batch")
 # Salted so our validation split is independent of the 70/30 split that produced the training file
 # (that one used the unsalted sha256(prompt); every row we have shares its low values).
 SPLIT_SALT = "dynagen-router-val/1:"
@@ -469,8 +469,8 @@ class RouterActor:
         self.router = get_router(name, path, num_threads=num_threads)
         self.share = check_share(large_share)
         self.mode = share_mode
-        if share_mode not in SHARE_MODES:
-            raise RouterError(f"unknown share mode '{share_mode}' (choose from {', '.join(SHARE_MODES)})")
+        if share_mode not in SHARE_MODE_NAMES:
+            raise RouterError(f"unknown share mode '{share_mode}' (choose from {', '.join(SHARE_MODE_NAMES)})")
         self.threshold = self.router.threshold(self.share) if share_mode == "calibrated" else None
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
