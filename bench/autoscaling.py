@@ -35,6 +35,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from dynagen.app.devservers import free_port  # noqa: E402  (after the path insert)
+
 # Tuning constants (why beside each).
 WORKER_CPUS = 1  # one diffusion actor (CPUS_PER_ACTOR) per node, so actors ↔ nodes is 1:1 and easy to read
 CPUS_PER_ACTOR = 0.75  # leaves 0.25 CPU per node for the light read/claim/write tasks (LIGHT_CPU in the pipeline)
@@ -44,14 +46,6 @@ IDLE_TIMEOUT_S = 15  # fast scale-down for the demo (KubeRay sample: 300 s)
 N_PROMPTS, SMOKE_PROMPTS = 64, 16
 STEPS = 2  # fixed small step count: the subject is scaling, not images
 SCALE_DOWN_WAIT_S = 240  # give up waiting for scale-down after this long
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def autoscaling_config(gcs_address: str) -> dict:

@@ -28,7 +28,6 @@ import asyncio
 import json
 import os
 import platform
-import socket
 import statistics
 import subprocess
 import sys
@@ -36,6 +35,8 @@ import tempfile
 import time
 from collections import Counter
 from pathlib import Path
+
+from dynagen.app.devservers import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = REPO / "models" / "tiny-sd"
@@ -55,12 +56,6 @@ SMOKE = {"steps_requests": 64, "steps_warmup": 16, "steps_rounds": 1, "image_req
 TARGETS = {"steps_p50_ms": 20.0, "steps_p99_ms": 100.0}
 PROMPT_SEED = 77_001  # example_prompts seed for load prompts (distinct prompts: no help from de-duplication)
 TRAIN_GRID = [4, 8, 16, 32]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def models(tmp: Path, model: Path = MODEL, stepsaver: Path = STEPSAVER) -> dict[str, str]:

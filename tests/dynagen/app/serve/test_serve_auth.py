@@ -1,12 +1,12 @@
 """Who may call the online app: a bearer token (serve.api_key) on every route but /healthz, 401 with a one-line
 reason otherwise; the key never shows in responses, logs or ``config show``."""
 
-import socket
 from pathlib import Path
 
 import pytest
 import requests
 
+from dynagen.app.devservers import free_port
 from dynagen.app.serve.api import auth_problem, key_digest
 from dynagen.core.settings import SettingsError, describe, load_settings
 
@@ -76,12 +76,6 @@ def test_build_app_refuses_an_open_non_loopback_bind_and_never_binds_the_key():
     assert KEY not in args and '"api_key":' not in args
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def secured(ray_local, tiny_model, tmp_path_factory):
     """The app on loopback with the token required (api_key_on_loopback): the same code path as 0.0.0.0."""
@@ -91,7 +85,7 @@ def secured(ray_local, tiny_model, tmp_path_factory):
 
     settings, _ = load_settings(overrides={
         "images.model": tiny_model, "images.stepsaver": str(tmp_path_factory.mktemp("none") / "absent"),
-        "llm.router": "random", "serve.port": _free_port(), "serve.app_name": "dynagen-auth-test",
+        "llm.router": "random", "serve.port": free_port(), "serve.app_name": "dynagen-auth-test",
         "serve.api_key_on_loopback": True, "serve.ingress_num_cpus": 0.25, "serve.images_num_cpus": 0.5,
         "serve.ingress_max_replicas": 1, "serve.images_max_replicas": 1, "serve.max_steps": 4,
     }, env={"DYNAGEN_SERVE__API_KEY": KEY})

@@ -9,12 +9,12 @@ carries, and a round without overlap (a very loaded machine) is retried a bounde
 from __future__ import annotations
 
 import io
-import socket
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 
+from dynagen.app.devservers import free_port
 from dynagen.app.serve.api import (
     H_ACTIVE_MEAN,
     H_BATCH_STEPS,
@@ -31,12 +31,6 @@ PROMPTS = ["a red circle on a white background", "a blue square on a black backg
 STEPS = [6, 9, 12]  # a spread of counts, long enough (tens of UNet calls) that concurrent requests meet
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def app(ray_local, tiny_model):
     from ray import serve
@@ -47,7 +41,7 @@ def app(ray_local, tiny_model):
     settings, _ = load_settings(overrides={
         # No batching setting: serve.batching=auto runs continuous (the batch job's images.batching stays grouped).
         "images.model": tiny_model, "llm.router": "random",
-        "serve.port": _free_port(), "serve.app_name": APP,
+        "serve.port": free_port(), "serve.app_name": APP,
         "serve.ingress_num_cpus": 0.25, "serve.images_num_cpus": 0.5,  # fractional: the session Ray has 2 CPUs
         "serve.ingress_max_replicas": 1, "serve.images_max_replicas": 1,
         "serve.max_steps": 20, "serve.max_batch_size": 4,

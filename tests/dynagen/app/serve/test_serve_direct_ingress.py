@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,13 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from dynagen.app.devservers import free_port
+
 requests = pytest.importorskip("requests")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_start_refuses_direct_ingress_without_the_cluster_flag(monkeypatch):
@@ -39,7 +34,7 @@ def test_cli_serves_steps_without_the_proxy():
     import shutil
     import tempfile
 
-    port = _free_port()
+    port = free_port()
     tmp = tempfile.mkdtemp(prefix="dyn-di-")  # short: Ray's socket paths must fit in 107 bytes (pytest's tmp_path is long)
     env = {**os.environ, "DYNAGEN_SERVE__DIRECT_INGRESS": "true", "DYNAGEN_LLM__ROUTER": "random",
            "DYNAGEN_SERVE__INGRESS_MAX_REPLICAS": "1", "HF_HUB_OFFLINE": "1", "RAY_TMPDIR": tmp}
