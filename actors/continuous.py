@@ -96,16 +96,25 @@ class _Sample:
 
 @dataclass
 class TickStats:
-    """What a run did: ticks (UNet calls), sample-steps, and the mean active-set fill (sample-steps / ticks / max)."""
+    """What a run did: ticks (UNet calls), sample-steps, and the mean active-set fill (sample-steps / ticks / max).
+    *Steady state* is the ticks run while requests were still waiting: their fill says whether freed slots were
+    refilled at once; the rest of the ticks are the drain, where the last samples finish one by one."""
 
     ticks: int = 0
     sample_steps: int = 0
     max_batch: int = 1
     active_per_tick: list[int] = field(default_factory=list)
+    waiting_ticks: int = 0
+    waiting_sample_steps: int = 0
 
     @property
     def fill(self) -> float:
         return self.sample_steps / max(1, self.ticks * self.max_batch)
+
+    @property
+    def steady_fill(self) -> float | None:
+        """None when nothing ever waited (every request fit in the active set at once)."""
+        return self.waiting_sample_steps / (self.waiting_ticks * self.max_batch) if self.waiting_ticks else None
 
 
 class ContinuousSampler:
@@ -261,6 +270,9 @@ class ContinuousSampler:
             self._tick(self._active)
             self.stats.ticks += 1
             self.stats.sample_steps += len(self._active)
+            if self._queue:
+                self.stats.waiting_ticks += 1
+                self.stats.waiting_sample_steps += len(self._active)
             self.stats.active_per_tick.append(len(self._active))
             leaving = [s for s in self._active if s.done(self.adaptive)]
             self._active = [s for s in self._active if not s.done(self.adaptive)]

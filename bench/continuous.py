@@ -15,7 +15,9 @@ And with **early stopping** (``--early-stop``, the learned signal): a converged 
 empty until its one-count batch ends; continuous, a waiting sample takes it at the next call.
 
 Reported per mode: wall time and images/s, UNet *calls* (forward passes; the sample-evaluations are the same in both
-modes, Σ steps × 2), mean fill of a call (sample-evaluations ÷ calls ÷ 2·batch_size), and the largest pixel difference
+modes, Σ steps × 2), mean fill of a call (sample-evaluations ÷ calls ÷ 2·batch_size) — for continuous modes also the
+steady-state fill (the calls made while rows were still waiting) and the drain (calls after the last row joined, where
+the last samples finish one by one: a fixed cost per job, so a small job's mean fill is lower) —, and the largest pixel difference
 between the two modes' images (same seed and count ⇒ ≤ 1/255 expected). The modes alternate over ``--repeats`` rounds
 (grouped, continuous, grouped, …) and the medians are reported, so a load change on a shared machine hits both.
 
@@ -68,13 +70,20 @@ def rows_for(prompts: list[str], steps: list[int]) -> dict[str, list]:
 
 
 def run_mode(core, counter, rows) -> dict:
+    stats = core.continuous.stats if getattr(core, "continuous", None) is not None else None
+    waiting0 = (stats.waiting_ticks, stats.waiting_sample_steps) if stats else (0, 0)
     calls0, evals0, t0 = counter.calls, core.counter.evals, time.perf_counter()
     out = core.run(rows)
     wall = time.perf_counter() - t0
     calls, evals = counter.calls - calls0, core.counter.evals - evals0
     assert all(s == "ok" for s in out["status"]), out["error"]
-    return {"wall_s": wall, "unet_calls": calls, "unet_evals": evals, "steps": list(out["steps"]),
-            "fill": evals / max(1, calls) / (2 * core.batch_size), "images": out["image"]}
+    res = {"wall_s": wall, "unet_calls": calls, "unet_evals": evals, "steps": list(out["steps"]),
+           "fill": evals / max(1, calls) / (2 * core.batch_size), "images": out["image"]}
+    if stats:  # continuous: the fill while rows were waiting (steady state), and how many calls were the drain
+        ticks = stats.waiting_ticks - waiting0[0]
+        res["steady_fill"] = (stats.waiting_sample_steps - waiting0[1]) / (ticks * core.batch_size) if ticks else None
+        res["drain_calls"] = calls - ticks
+    return res
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -123,6 +132,9 @@ def main(argv: list[str] | None = None) -> int:
                       "unet_calls": rs[0]["unet_calls"], "unet_evals": rs[0]["unet_evals"],
                       "mean_steps": round(float(np.mean(rs[0]["steps"])), 2),
                       "mean_call_fill": round(rs[0]["fill"], 3), "wall_s_rounds": [round(x["wall_s"], 2) for x in rs]}
+        if "steady_fill" in rs[0]:
+            steady = rs[0]["steady_fill"]
+            summary[m].update(steady_fill=None if steady is None else round(steady, 3), drain_calls=rs[0]["drain_calls"])
     ratios = {}
     for x, y in pairs:
         g, c = summary[x], summary[y]
@@ -141,7 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(prompts)} rows, steps {result['steps_histogram']}, batch {a.batch_size}")
     for m, s in summary.items():
         print(f"{m:<20} {s['wall_s']:7.1f}s {s['images_per_s']:6.2f} img/s  {s['unet_calls']:5d} UNet calls  "
-              f"{s['unet_evals']:5d} evals  fill {100 * s['mean_call_fill']:.0f}%  mean steps {s['mean_steps']}")
+              f"{s['unet_evals']:5d} evals  fill {100 * s['mean_call_fill']:.0f}%  mean steps {s['mean_steps']}"
+              + (f"  (steady {100 * s['steady_fill']:.0f}%, {s['drain_calls']} drain calls)" if s.get("steady_fill") else ""))
     for (name, r), d in zip(ratios.items(), diff.values()):
         print(f"{name}: UNet calls {r['unet_calls']:.2f}×, wall {r['wall']:.2f}×, images/s {r['images_per_s']:.2f}×; "
               f"max pixel diff {d}/255")

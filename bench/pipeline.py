@@ -1,10 +1,12 @@
 """Benchmark the image pipeline side by side in one run: Ray overhead, step grouping, streaming memory.
 
     python bench/pipeline.py [--smoke-test] [--model models/tiny-sd] [--out bench/results/pipeline.json]
+    python bench/pipeline.py --only overhead --out bench/results/pipeline_overhead.json   # section 1 alone
 
 1. Ray overhead: the pipeline on N prompts at fixed steps vs a plain single-process loop over the same model
    and prompts (same batch size, same threads), run before and after the pipeline (best kept). Ray start-up is
-   timed and reported separately.
+   timed and reported separately. Where the time goes: generation inside the actor (its batches' own latency, from
+   the metadata) vs the plain loop's generation, and the rest of the pipeline's wall (start-up, reads, writes).
 2. Grouping: the pipeline at StepSaver-predicted steps; checks every batch is single-step-count, that executed
    UNet evaluations = Σ per-row steps × CFG, reports batch fill; then the same predicted steps run in-process
    grouped vs ungrouped (arrival-order batches padded to each batch's max steps).
@@ -95,18 +97,21 @@ def settings_for(model: str, steps, stepsaver: str | None = None):
     return load_settings(None, over, env={})[0]
 
 
-def plain_loop(model: str, prompts: list[str], steps: list[int]) -> float:
-    """The baseline: one process, one pipeline, batches in order (no Ray, no grouping beyond equal steps)."""
+def plain_loop(model: str, prompts: list[str], steps: list[int]) -> tuple[float, float]:
+    """The baseline: one process, one pipeline, batches in order (no Ray, no grouping beyond equal steps).
+    Returns (wall incl. PNG encoding, generation alone)."""
     from actors.diffusion import DiffusionCore, encode_png
 
     core = DiffusionCore(model, batch_size=BATCH_SIZE, num_threads=THREADS)
     core.generate(prompts[:1], [0], 1)  # warm-up, like the actor's first batch
-    t0 = time.perf_counter()
+    t0, gen = time.perf_counter(), 0.0
     for s in range(0, len(prompts), BATCH_SIZE):
+        g0 = time.perf_counter()
         imgs = core.generate(prompts[s : s + BATCH_SIZE], list(range(s, s + BATCH_SIZE))[: len(prompts[s : s + BATCH_SIZE])], steps[s])
+        gen += time.perf_counter() - g0
         for im in imgs:
             encode_png(im)
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, gen
 
 
 def grouped_vs_padded(model: str, prompts: list[str], steps: list[int]) -> dict:
@@ -139,6 +144,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "pipeline.json"))
     ap.add_argument("--n-prompts", type=int, help=f"override N_PROMPTS ({N_PROMPTS})")
     ap.add_argument("--mem", type=int, nargs=2, metavar=("SMALL", "LARGE"), help=f"override ({MEM_SMALL} {MEM_LARGE})")
+    ap.add_argument("--only", choices=["overhead"], help="run section 1 alone")
     a = ap.parse_args()
     if a.smoke_test:
         N_PROMPTS, GROUP_N, MEM_SMALL, MEM_LARGE = 64, 32, 40, 400
@@ -148,9 +154,10 @@ def main() -> None:
         MEM_SMALL, MEM_LARGE = a.mem
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+    from dynagen.core.raycluster import local_ray_env
+
+    local_ray_env()  # the CLI's Ray environment (ensure_ray), with this script's own temp dir
     import ray
     import torch
 
@@ -163,12 +170,17 @@ def main() -> None:
     torch.set_num_threads(THREADS)
     tmp = Path(tempfile.mkdtemp(prefix="dynagen-bench-"))
     prompts = example_prompts(max(N_PROMPTS, MEM_LARGE), seed=777)  # the predictor's held-out seed range differs
-    result: dict = {"n_prompts": N_PROMPTS, "fixed_steps": FIXED_STEPS, "batch_size": BATCH_SIZE, "model": a.model}
+    from dynagen.core.records import model_fingerprint
+
+    model = Path(a.model).resolve()  # recorded by its path in the repo (or its name) and fingerprint, not this machine's
+    result: dict = {"n_prompts": N_PROMPTS, "fixed_steps": FIXED_STEPS, "batch_size": BATCH_SIZE,
+                    "model": str(model.relative_to(ROOT)) if model.is_relative_to(ROOT) else model.name,
+                    "model_unet_sha256": model_fingerprint(model)}
 
     # 1. Ray overhead at fixed steps.
     base = prompts[:N_PROMPTS]
     print(f"[1/3] Ray overhead: plain loop, then the pipeline, then the plain loop again ({N_PROMPTS} prompts)", flush=True)
-    result["plain_loop_s"] = plain_loop(a.model, base, [FIXED_STEPS] * N_PROMPTS)
+    plain = [plain_loop(a.model, base, [FIXED_STEPS] * N_PROMPTS)]
     t0 = time.perf_counter()
     ray.init(num_cpus=THREADS, include_dashboard=False, log_to_driver=False, _temp_dir=str(tmp / "ray"))
     result["ray_start_s"] = time.perf_counter() - t0
@@ -178,11 +190,30 @@ def main() -> None:
     result["pipeline_fixed_s"] = time.perf_counter() - t0
     # The plain loop again, after: the shared host's speed drifts, so the baseline brackets the pipeline run and
     # its best time is kept (the conservative choice for the overhead ratio).
-    result["plain_loop_s_all"] = [round(result["plain_loop_s"], 2)]
-    result["plain_loop_s_all"].append(round(plain_loop(a.model, base, [FIXED_STEPS] * N_PROMPTS), 2))
-    result["plain_loop_s"] = min(result["plain_loop_s_all"])
+    plain.append(plain_loop(a.model, base, [FIXED_STEPS] * N_PROMPTS))
+    result["plain_loop_s_all"] = [round(w, 2) for w, _ in plain]
+    result["plain_loop_s"], plain_gen = min(plain)
     result["overhead_ratio"] = result["pipeline_fixed_s"] / result["plain_loop_s"]
     result["pipeline_fixed_ok"] = s.ok
+    # Where the time goes: each batch's generation inside the actor (its latency_ms, once per batch) vs the plain
+    # loop's; the rest of the wall is start-up (driver's model check, actor start, model load), reads and writes.
+    batches = {m["batch_id"]: m["latency_ms"] for m in read_metadata(Storage(str(tmp / "out-fixed"))).to_pylist()}
+    actor_gen = sum(batches.values()) / 1000
+    result["breakdown"] = {"plain_generate_s": round(plain_gen, 2), "actor_generate_s": round(actor_gen, 2),
+                           "generate_ratio": round(actor_gen / plain_gen, 3),
+                           "pipeline_outside_generate_s": round(result["pipeline_fixed_s"] - actor_gen, 2),
+                           "plain_outside_generate_s": round(result["plain_loop_s"] - plain_gen, 2)}
+    if a.only == "overhead":
+        ray.shutdown()
+        b = result["breakdown"]
+        print(f"plain loop {result['plain_loop_s']:.1f} s (generation {b['plain_generate_s']:.1f} s) · pipeline "
+              f"{result['pipeline_fixed_s']:.1f} s (generation in the actor {b['actor_generate_s']:.1f} s = "
+              f"{b['generate_ratio']:.2f}× plain; outside it {b['pipeline_outside_generate_s']:.1f} s) · "
+              f"{result['overhead_ratio']:.2f}× plain (target ≤ 1.2×)")
+        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.out).write_text(json.dumps(result, indent=2))
+        print(f"wrote {a.out}")
+        return
 
     # 2. Grouping at predicted steps.
     print(f"[2/3] grouping: the pipeline at StepSaver steps, then grouped vs padded ({GROUP_N} prompts)", flush=True)
@@ -223,8 +254,10 @@ def main() -> None:
     rows = [
         ("Ray start (excluded)", f"{result['ray_start_s']:.1f} s", ""),
         (f"plain loop, {N_PROMPTS} prompts × {FIXED_STEPS} steps", f"{result['plain_loop_s']:.1f} s", ""),
-        (f"pipeline, same prompts and steps", f"{result['pipeline_fixed_s']:.1f} s",
+        ("pipeline, same prompts and steps", f"{result['pipeline_fixed_s']:.1f} s",
          f"{result['overhead_ratio']:.2f}× plain (target ≤ 1.2×)"),
+        ("  generation: in the actor vs plain", f"{result['breakdown']['actor_generate_s']:.1f} s",
+         f"{result['breakdown']['generate_ratio']:.2f}× plain's {result['breakdown']['plain_generate_s']:.1f} s"),
         ("single-step-count batches", f"{g['single_step_batches_pct']:.0f}%", f"{g['batches']} batches"),
         ("UNet evals measured vs Σ steps × CFG", f"{g['unet_evals_measured']} vs {g['sum_steps_x_cfg']}",
          "equal" if g["unet_evals_measured"] == g["sum_steps_x_cfg"] else "DIFFERENT"),

@@ -25,6 +25,21 @@ def _explicit_token_auth() -> None:
     Config.initialize("")
 
 
+# Ray keeps about as many workers as the node has CPUs and ends idle ones beyond that after ~1 s. A job's actors count
+# too, so on a 2-CPU node every window's write task started a fresh Python worker (~0.8 CPU-s of imports) beside the
+# diffusion actor's compute. Idle workers cost memory (~0.2 GB each), not CPU.
+IDLE_WORKERS = 8
+
+
+def local_ray_env() -> None:
+    """Environment for Ray, set before ``ray.init`` (what the user set wins): loopback only (see NOTES: Ray 2.60
+    otherwise advertises eth0), no usage stats, and for a Ray this process starts, a few idle workers kept for the
+    short tasks a job runs between its actors' calls."""
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("RAY_num_workers_soft_limit", str(IDLE_WORKERS))
+
+
 def ensure_ray(rs: RaySettings | None = None) -> None:
     """Connect to ``rs.address`` or start an embedded local Ray (no-op if Ray is already up)."""
     import ray
@@ -32,9 +47,7 @@ def ensure_ray(rs: RaySettings | None = None) -> None:
     if ray.is_initialized():
         return
     rs = rs or RaySettings()
-    # Bind a local cluster to loopback and keep usage stats off (see NOTES: Ray 2.60 otherwise advertises eth0).
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    local_ray_env()
     if rs.address:
         ray.init(address=rs.address, log_to_driver=True)
     else:

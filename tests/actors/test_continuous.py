@@ -44,6 +44,9 @@ def test_mixed_step_counts_in_one_active_set_give_the_pipelines_images(scheduler
     first_short = min(steps)
     assert all(a == 3 for a in per_tick[: first_short + 1])  # the 4-step samples' slots were refilled at once
     assert sampler.stats.fill > 0.8
+    # Steady state (requests waiting) runs full; only the drain, after the last one joined, runs part-empty.
+    assert 0 < sampler.stats.waiting_ticks < sampler.stats.ticks and sampler.stats.steady_fill == 1.0
+    assert per_tick[sampler.stats.waiting_ticks:] == sorted(per_tick[sampler.stats.waiting_ticks:], reverse=True)
 
 
 def test_a_sample_does_not_depend_on_its_neighbours_or_arrival_order():

@@ -16,12 +16,13 @@ def test_smoke_run_writes_side_by_side_figures(tmp_path, monkeypatch):
 
     monkeypatch.chdir(REPO)
     out = tmp_path / "c.json"
-    assert main(["--smoke-test", "--threads", "1", "--out", str(out)]) == 0
+    assert main(["--smoke-test", "--threads", "1", "--batch-size", "4", "--out", str(out)]) == 0  # 8 rows: 4 wait
     r = json.loads(out.read_text())
     g, c = r["modes"]["grouped"], r["modes"]["continuous"]
     assert all(d <= 1 for d in r["max_pixel_diff"].values()) and len(r["max_pixel_diff"]) == 3
     assert g["unet_evals"] == c["unet_evals"] == 2 * sum(int(k) * v for k, v in r["steps_histogram"].items())
     assert c["unet_calls"] < g["unet_calls"] and c["mean_call_fill"] > g["mean_call_fill"]
+    assert c["steady_fill"] == 1.0 and 0 < c["drain_calls"] < c["unet_calls"]  # part-empty calls are the drain only
     ga, ca = r["modes"]["grouped+adaptive"], r["modes"]["continuous+adaptive"]
     assert ga["unet_evals"] == ca["unet_evals"] <= g["unet_evals"]  # adaptive: each row's count is only its cap
     assert ca["unet_calls"] <= ga["unet_calls"]
