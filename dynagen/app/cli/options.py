@@ -18,7 +18,7 @@ from typing import Annotated, Any, Callable, Optional
 import typer
 
 from dynagen.app.cli.common import BatchingName, DTypeName, SchedulerName, ShareModeName
-from dynagen.core.settings import Settings
+from dynagen.core.settings import EMBEDDED_MODELS, Settings
 
 
 @dataclass(frozen=True)
@@ -40,10 +40,26 @@ class Flag:
 
     def parameter(self) -> inspect.Parameter:
         section, name = self.key.split(".")
-        help_ = self.help or Settings.model_fields[section].annotation.model_fields[name].description
-        option = typer.Option(*self.decls, help=f"{help_} (setting: {self.key})", callback=self.callback)
+        spec = Settings.model_fields[section].annotation.model_fields[name]
+        help_ = self.help or spec.description
+        option = typer.Option(*self.decls, help=f"{help_} (setting: {self.key}{default_text(self.key, spec)})",
+                              callback=self.callback)
         return inspect.Parameter(self.name, inspect.Parameter.KEYWORD_ONLY, default=self.default,
                                  annotation=Annotated[self.type, option])
+
+
+def default_text(key: str, spec) -> str:
+    """", default X" for a settings field with a default worth showing (an unset default is the description's job:
+    it says what unset means; an embedded model is named, not its folder on this machine)."""
+    embedded = {f"{section}.{field}": name for section, field, name in EMBEDDED_MODELS}
+    if key in embedded:
+        return f", default the embedded {embedded[key]}"
+    value = spec.get_default(call_default_factory=True)
+    if value is None or value == "" or value == []:
+        return ""
+    if isinstance(value, bool):
+        return f", default {'on' if value else 'off'}"
+    return f", default {getattr(value, 'value', value)}"
 
 
 def _share(value: Optional[float]) -> Optional[float]:

@@ -237,15 +237,27 @@ def test_job_flags_are_settings_with_the_schema_help():
 
     from dynagen.app.cli import app
     from dynagen.app.cli.options import IMAGE_FLAGS, LLM_FLAGS
-    from dynagen.core.settings import describe
+    from dynagen.core.settings import EMBEDDED_MODELS, describe
 
-    known = {k for k, _, _ in describe(*load_settings(env={}))}
+    defaults = {k: v for k, v, _ in describe(*load_settings(env={}))}
+    embedded = {f"{section}.{key}": name for section, key, name in EMBEDDED_MODELS}
     for group, flags in (("images", IMAGE_FLAGS), ("llm", LLM_FLAGS)):
         for cmd in ("run", "submit"):
             params = {p.name: p for p in typer.main.get_command(app).commands[cmd].commands[group].params}
             for f in flags:
-                assert f.key in known and f.key.startswith(group + ".")
-                assert params[f.name].help.endswith(f"(setting: {f.key})")
+                assert f.key in defaults and f.key.startswith(group + ".")
+                help_ = params[f.name].help
+                shown = help_[help_.rindex("(setting: "):]
+                # The default the help shows is the one `config show` prints (unset: none shown).
+                value = defaults[f.key]
+                if f.key in embedded:  # named, not its folder on this machine
+                    assert value.endswith(embedded[f.key])
+                    assert shown == f"(setting: {f.key}, default the embedded {embedded[f.key]})", shown
+                elif value in (None, "", [], "None"):
+                    assert shown == f"(setting: {f.key})", shown
+                else:
+                    expected = {"True": "on", "False": "off"}.get(value, value)
+                    assert shown == f"(setting: {f.key}, default {expected})", shown
 
 
 def test_submit_llm_unreachable_is_one_line(tmp_path, dead_address):
