@@ -29,9 +29,10 @@ demo-llm: install
 		--small-model gguf:smollm2-135m-instruct --large-model gguf:gemma3-270m --large-share 0.3
 
 # The layer contract (pyproject.toml, [tool.importlinter]) first: seconds, and a violation names the import.
+# --durations: the slowest tests at the end of every run, to keep the suite under 15 minutes on 2 cores.
 test: install
 	$(VENV)/bin/lint-imports
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q --durations=25
 
 clean-venv:
 	rm -rf $(VENV)
