@@ -80,7 +80,8 @@ class SeaweedS3:
 
     def start(self, timeout: float = 60.0) -> "SeaweedS3":
         # Fresh ports are ours to change: a weed that exits at start (a port taken meanwhile) gets another set. Ports
-        # already set (a restart on the same data) are kept, so a client's endpoint stays valid.
+        # already set (a restart on the same data) are kept, so a client's endpoint stays valid. A weed that runs but
+        # is not ready in time is no port race: that raises at once.
         attempts = 1 if self.ports else 3
         for attempt in range(attempts):
             if attempt or not self.ports:
@@ -91,6 +92,7 @@ class SeaweedS3:
         raise RuntimeError(error)
 
     def _start_once(self, timeout: float) -> str | None:
+        """Start weed; None once the bucket answers, or why weed exited."""
         p = self.ports
         data = self.workdir / "data"
         data.mkdir(parents=True, exist_ok=True)
@@ -118,7 +120,7 @@ class SeaweedS3:
                 return None
             time.sleep(0.3)
         self.stop()
-        return f"SeaweedFS S3 not ready after {timeout}s: {_last_line(logfile, start)} (log: {logfile})"
+        raise RuntimeError(f"SeaweedFS S3 not ready after {timeout}s: {_last_line(logfile, start)} (log: {logfile})")
 
     def _bucket_ready(self) -> bool:
         import boto3
