@@ -17,8 +17,8 @@ empty until its one-count batch ends; continuous, a waiting sample takes it at t
 Reported per mode: wall time and images/s, UNet *calls* (forward passes; the sample-evaluations are the same in both
 modes, Σ steps × 2), mean fill of a call (sample-evaluations ÷ calls ÷ 2·batch_size) — for continuous modes also the
 steady-state fill (the calls made while rows were still waiting) and the drain (calls after the last row joined, where
-the last samples finish one by one: a fixed cost per job, so a small job's mean fill is lower) —, and the largest pixel difference
-between the two modes' images (same seed and count ⇒ ≤ 1/255 expected). The modes alternate over ``--repeats`` rounds
+the last samples finish one by one: a fixed cost per window of rows, so a small window's mean fill is lower) —, and
+the largest pixel difference between the two modes' images (same seed and count ⇒ ≤ 1/255 expected). The modes alternate over ``--repeats`` rounds
 (grouped, continuous, grouped, …) and the medians are reported, so a load change on a shared machine hits both.
 
     python -m bench.continuous                   # 48 demo prompts, batch 8, 3 rounds, fixed/adaptive/early stop: ~3 min idle

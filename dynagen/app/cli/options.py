@@ -51,7 +51,7 @@ class Flag:
 def default_text(key: str, spec) -> str:
     """", default X" for a settings field with a default worth showing (an unset default is the description's job:
     it says what unset means; an embedded model is named, not its folder on this machine)."""
-    embedded = {f"{section}.{field}": name for section, field, name in EMBEDDED_MODELS}
+    embedded = {f"{section}.{name}": folder for section, name, folder in EMBEDDED_MODELS}
     if key in embedded:
         return f", default the embedded {embedded[key]}"
     value = spec.get_default(call_default_factory=True)
