@@ -18,8 +18,9 @@ Reported per mode: wall time and images/s, UNet *calls* (forward passes; the sam
 modes, Σ steps × 2), mean fill of a call (sample-evaluations ÷ calls ÷ 2·batch_size) — for continuous modes also the
 steady-state fill (the calls made while rows were still waiting) and the drain (calls after the last row joined, where
 the last samples finish one by one: a fixed cost per window of rows, so a small window's mean fill is lower) —, and
-the largest pixel difference between the two modes' images (same seed and count ⇒ ≤ 1/255 expected). The modes alternate over ``--repeats`` rounds
-(grouped, continuous, grouped, …) and the medians are reported, so a load change on a shared machine hits both.
+the largest pixel difference between the two modes' images (same seed and count ⇒ ≤ 1/255 expected). The modes
+alternate over ``--repeats`` rounds (grouped, continuous, grouped, …) and the medians are reported, so a load change
+on a shared machine hits both.
 
     python -m bench.continuous                   # 48 demo prompts, batch 8, 3 rounds, fixed/adaptive/early stop: ~3 min idle
     python -m bench.continuous --smoke-test      # 8 prompts at ≤ 6 steps, 1 round
@@ -134,7 +135,8 @@ def main(argv: list[str] | None = None) -> int:
                       "mean_call_fill": round(rs[0]["fill"], 3), "wall_s_rounds": [round(x["wall_s"], 2) for x in rs]}
         if "steady_fill" in rs[0]:
             steady = rs[0]["steady_fill"]
-            summary[m].update(steady_fill=None if steady is None else round(steady, 3), drain_calls=rs[0]["drain_calls"])
+            summary[m].update(steady_fill=None if steady is None else round(steady, 3),
+                              drain_calls=rs[0]["drain_calls"])
     ratios = {}
     for x, y in pairs:
         g, c = summary[x], summary[y]
@@ -154,7 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     for m, s in summary.items():
         print(f"{m:<20} {s['wall_s']:7.1f}s {s['images_per_s']:6.2f} img/s  {s['unet_calls']:5d} UNet calls  "
               f"{s['unet_evals']:5d} evals  fill {100 * s['mean_call_fill']:.0f}%  mean steps {s['mean_steps']}"
-              + (f"  (steady {100 * s['steady_fill']:.0f}%, {s['drain_calls']} drain calls)" if s.get("steady_fill") else ""))
+              + (f"  (steady {100 * s['steady_fill']:.0f}%, {s['drain_calls']} drain calls)"
+                 if s.get("steady_fill") else ""))
     for (name, r), d in zip(ratios.items(), diff.values()):
         print(f"{name}: UNet calls {r['unet_calls']:.2f}×, wall {r['wall']:.2f}×, images/s {r['images_per_s']:.2f}×; "
               f"max pixel diff {d}/255")

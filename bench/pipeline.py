@@ -172,7 +172,7 @@ def main() -> None:
     prompts = example_prompts(max(N_PROMPTS, MEM_LARGE), seed=777)  # the predictor's held-out seed range differs
     from dynagen.core.records import model_fingerprint
 
-    model = Path(a.model).resolve()  # recorded by its path in the repo (or its name) and fingerprint, not this machine's
+    model = Path(a.model).resolve()  # recorded by its repo path (or name) and fingerprint, not this machine's
     result: dict = {"n_prompts": N_PROMPTS, "fixed_steps": FIXED_STEPS, "batch_size": BATCH_SIZE,
                     "model": str(model.relative_to(ROOT)) if model.is_relative_to(ROOT) else model.name,
                     "model_unet_sha256": model_fingerprint(model)}
